@@ -1,0 +1,187 @@
+"""Build small random-weight GPT-2 checkpoints in the Hugging Face Hub's file layout.
+
+Used by the tests (tiny: 2 layers, 64 wide) and the benchmarks (GPT-2 small's real shape).
+The tokenizer is a genuine byte-level BPE (GPT-2's pre-tokenizer and decoder) trained on a small
+built-in text, then padded with synthetic merges up to the requested vocabulary size, with
+`<|endoftext|>` as the last id, exactly as in GPT-2's own vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import torch
+
+EOT = "<|endoftext|>"
+
+CORPUS = """\
+The quick brown fox jumps over the lazy dog. GPT-2 is a decoder-only transformer trained to
+predict the next token. It compares the output with the whole vocabulary, turns the scores into
+probabilities, keeps the top k and samples one. Once upon a time, in a land far away, there lived
+a curious student who wanted to learn how language models work. She read the paper, she wrote the
+code, and she ran it on her laptop. Numbers like 1234567890 and symbols like [bold] {x} <tag> $5.
+Café, naïve, façade, jalapeño; 東京タワー, 北京, 서울; emoji 🎉🚀😀👍🏽 and ñ ü ß ø å.
+""" * 3
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    bs += list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+def build_tokenizer_files(folder: Path, vocab_size: int, seed: int = 0) -> tuple[Path, Path, Path]:
+    """Write tokenizer.json, vocab.json and merges.txt for a byte-level BPE of `vocab_size` ids
+    (the last one `<|endoftext|>`). Returns the three paths."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    n_regular = vocab_size - 1
+    if n_regular < 256:
+        raise ValueError("vocab_size must be at least 257")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=n_regular,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
+    model = json.loads(tok.to_str())["model"]
+    vocab: dict[str, int] = dict(model["vocab"])
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    # Pad with synthetic merges (deterministic) until the vocabulary has n_regular entries.
+    rng = random.Random(seed)
+    tokens = sorted(vocab, key=vocab.get)
+    while len(vocab) < n_regular:
+        a, b = rng.choice(tokens), rng.choice(tokens[:256])
+        if len(a) + len(b) > 12 or (a + b) in vocab:
+            continue
+        vocab[a + b] = len(vocab)
+        tokens.append(a + b)
+        merges.append((a, b))
+    vocab[EOT] = n_regular
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab_path, merges_path = folder / "vocab.json", folder / "merges.txt"
+    vocab_path.write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    merges_path.write_text(
+        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8"
+    )
+    full = Tokenizer(models.BPE.from_file(str(vocab_path), str(merges_path)))
+    full.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    full.decoder = decoders.ByteLevel()
+    full.post_processor = processors.ByteLevel(trim_offsets=False)
+    full.add_special_tokens([EOT])
+    json_path = folder / "tokenizer.json"
+    full.save(str(json_path))
+    return json_path, vocab_path, merges_path
+
+
+def _config(n_layer: int, n_embd: int, n_head: int, n_positions: int, vocab_size: int) -> dict:
+    return {
+        "model_type": "gpt2",
+        "architectures": ["GPT2LMHeadModel"],
+        "activation_function": "gelu_new",
+        "n_layer": n_layer,
+        "n_embd": n_embd,
+        "n_head": n_head,
+        "n_positions": n_positions,
+        "n_ctx": n_positions,
+        "n_inner": None,
+        "vocab_size": vocab_size,
+        "layer_norm_epsilon": 1e-5,
+        "bos_token_id": vocab_size - 1,
+        "eos_token_id": vocab_size - 1,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "use_cache": True,
+    }
+
+
+def random_state_dict(cfg: dict, seed: int = 0, std: float = 0.2) -> dict[str, torch.Tensor]:
+    """Unprefixed GPT-2 weights (Conv1D layout) with values large enough that greedy decoding
+    wanders instead of repeating one token."""
+    g = torch.Generator().manual_seed(seed)
+    d, n_pos, vocab = cfg["n_embd"], cfg["n_positions"], cfg["vocab_size"]
+
+    def rnd(*shape: int, scale: float = std) -> torch.Tensor:
+        return torch.randn(*shape, generator=g) * scale
+
+    sd = {"wte.weight": rnd(vocab, d), "wpe.weight": rnd(n_pos, d, scale=std / 2)}
+    for i in range(cfg["n_layer"]):
+        p = f"h.{i}."
+        sd[p + "ln_1.weight"] = 1 + rnd(d, scale=0.1)
+        sd[p + "ln_1.bias"] = rnd(d, scale=0.1)
+        sd[p + "attn.c_attn.weight"] = rnd(d, 3 * d)
+        sd[p + "attn.c_attn.bias"] = rnd(3 * d, scale=0.1)
+        sd[p + "attn.c_proj.weight"] = rnd(d, d)
+        sd[p + "attn.c_proj.bias"] = rnd(d, scale=0.1)
+        sd[p + "ln_2.weight"] = 1 + rnd(d, scale=0.1)
+        sd[p + "ln_2.bias"] = rnd(d, scale=0.1)
+        sd[p + "mlp.c_fc.weight"] = rnd(d, 4 * d)
+        sd[p + "mlp.c_fc.bias"] = rnd(4 * d, scale=0.1)
+        sd[p + "mlp.c_proj.weight"] = rnd(4 * d, d, scale=std / 2)
+        sd[p + "mlp.c_proj.bias"] = rnd(d, scale=0.1)
+    sd["ln_f.weight"] = 1 + rnd(d, scale=0.1)
+    sd["ln_f.bias"] = rnd(d, scale=0.1)
+    return sd
+
+
+def build_checkpoint(
+    folder: Path,
+    *,
+    n_layer: int = 2,
+    n_embd: int = 64,
+    n_head: int = 4,
+    n_positions: int = 128,
+    vocab_size: int = 1000,
+    layout: str = "hub",
+    seed: int = 0,
+    tokenizer: str = "json",
+) -> Path:
+    """Write a random GPT-2 checkpoint to `folder`.
+
+    layout: "hub" (unprefixed keys plus `h.N.attn.bias`/`masked_bias` buffers, no lm_head, like
+    openai-community/gpt2) or "transformers" (`transformer.`-prefixed keys with `lm_head.weight`,
+    like a recent `save_pretrained`). tokenizer: "json" (tokenizer.json + vocab/merges),
+    "vocab_merges" (no tokenizer.json) or "none".
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = _config(n_layer, n_embd, n_head, n_positions, vocab_size)
+    sd = random_state_dict(cfg, seed=seed)
+    if layout == "hub":
+        mask = torch.tril(torch.ones(n_positions, n_positions, dtype=torch.bool))
+        for i in range(n_layer):
+            sd[f"h.{i}.attn.bias"] = mask.view(1, 1, n_positions, n_positions).clone()
+            sd[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    elif layout == "transformers":
+        sd = {f"transformer.{k}": v for k, v in sd.items()}
+        sd["lm_head.weight"] = sd["transformer.wte.weight"].clone()
+    else:
+        raise ValueError(f"unknown layout {layout!r}")
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(folder / "model.safetensors"),
+              metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2))
+    (folder / "generation_config.json").write_text(
+        json.dumps({"bos_token_id": vocab_size - 1, "eos_token_id": vocab_size - 1})
+    )
+    if tokenizer != "none":
+        json_path, _, _ = build_tokenizer_files(folder, vocab_size, seed=seed)
+        if tokenizer == "vocab_merges":
+            json_path.unlink()
+    return folder

@@ -1,0 +1,47 @@
+"""Shared fixtures: every cache points at a temp dir; tiny random checkpoints built once."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from checkpoints import build_checkpoint  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point HF caches, XDG dirs and history at a per-test temp dir; no colour, no network."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HF_HOME", str(home / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: no real network
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
+    monkeypatch.setenv("GPT2_NO_HISTORY", "1")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2 layers, 64 wide, 1000-token byte-level BPE; the Hub's unprefixed key layout."""
+    return build_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-hub", layout="hub")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_transformers(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Same shape, `transformer.`-prefixed keys with lm_head.weight (recent save_pretrained)."""
+    return build_checkpoint(
+        tmp_path_factory.mktemp("ckpt") / "tiny-tf", layout="transformers", seed=1
+    )
