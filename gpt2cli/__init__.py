@@ -16,7 +16,15 @@ _LAZY = {
     "SamplingParams": "gpt2cli.sampling",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "Completion",
+    "LoadedModel",
+    "SamplingParams",
+    "__version__",
+    "complete",
+    "generate",
+    "load_model",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from gpt2cli.engine import Completion, LoadedModel, complete, generate, load_model

@@ -16,14 +16,17 @@ import torch
 
 EOT = "<|endoftext|>"
 
-CORPUS = """\
+CORPUS = (
+    """\
 The quick brown fox jumps over the lazy dog. GPT-2 is a decoder-only transformer trained to
 predict the next token. It compares the output with the whole vocabulary, turns the scores into
 probabilities, keeps the top k and samples one. Once upon a time, in a land far away, there lived
 a curious student who wanted to learn how language models work. She read the paper, she wrote the
 code, and she ran it on her laptop. Numbers like 1234567890 and symbols like [bold] {x} <tag> $5.
 Café, naïve, façade, jalapeño; 東京タワー, 北京, 서울; emoji 🎉🚀😀👍🏽 and ñ ü ß ø å.
-""" * 3
+"""
+    * 3
+)
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -174,8 +177,11 @@ def build_checkpoint(
         sd["lm_head.weight"] = sd["transformer.wte.weight"].clone()
     else:
         raise ValueError(f"unknown layout {layout!r}")
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(folder / "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in sd.items()},
+        str(folder / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     (folder / "config.json").write_text(json.dumps(cfg, indent=2))
     (folder / "generation_config.json").write_text(
         json.dumps({"bos_token_id": vocab_size - 1, "eos_token_id": vocab_size - 1})
