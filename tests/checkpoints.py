@@ -122,7 +122,7 @@ def random_state_dict(cfg: dict, seed: int = 0, std: float = 0.2) -> dict[str, t
     def rnd(*shape: int, scale: float = std) -> torch.Tensor:
         return torch.randn(*shape, generator=g) * scale
 
-    sd = {"wte.weight": rnd(vocab, d), "wpe.weight": rnd(n_pos, d, scale=std / 2)}
+    sd = {"wte.weight": rnd(vocab, d), "wpe.weight": rnd(n_pos, d, scale=1.0)}
     for i in range(cfg["n_layer"]):
         p = f"h.{i}."
         sd[p + "ln_1.weight"] = 1 + rnd(d, scale=0.1)

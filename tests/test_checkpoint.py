@@ -1,0 +1,112 @@
+"""Checkpoint loading: both key layouts, shards, and a specific error for each broken folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from gpt2cli.checkpoint import load_checkpoint
+from gpt2cli.errors import CheckpointError
+
+
+def copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def logits(folder: Path) -> torch.Tensor:
+    model = load_checkpoint(folder)
+    return model(torch.arange(8).view(1, 8), model.new_cache(1))
+
+
+def test_sharded_checkpoint(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    folder = copy(tiny_checkpoint, tmp_path / "sharded")
+    tensors = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    names = sorted(tensors)
+    half = len(names) // 2
+    weight_map = {}
+    for i, part in enumerate((names[:half], names[half:])):
+        shard = f"model-0000{i + 1}-of-00002.safetensors"
+        save_file({k: tensors[k] for k in part}, folder / shard, metadata={"format": "pt"})
+        weight_map |= {k: shard for k in part}
+    index = {"metadata": {}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert torch.allclose(logits(folder), logits(tiny_checkpoint), atol=1e-5)
+
+
+def test_mask_buffers_of_any_dtype_are_ignored(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    folder = copy(tiny_checkpoint, tmp_path / "f16mask")
+    tensors = load_file(folder / "model.safetensors")
+    for k in [k for k in tensors if k.endswith(".attn.bias")]:
+        tensors[k] = tensors[k].to(torch.float16)
+    save_file(tensors, folder / "model.safetensors")
+    assert torch.allclose(logits(folder), logits(tiny_checkpoint), atol=1e-5)
+
+
+def test_float16_checkpoint_loads_as_float32(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    folder = copy(tiny_checkpoint, tmp_path / "f16")
+    tensors = load_file(folder / "model.safetensors")
+    save_file(
+        {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()},
+        folder / "model.safetensors",
+    )
+    model = load_checkpoint(folder)
+    assert model.wte.weight.dtype == torch.float32
+
+
+def broken(tiny_checkpoint: Path, tmp_path: Path, how: str) -> Path:
+    folder = copy(tiny_checkpoint, tmp_path / how)
+    weights = folder / "model.safetensors"
+    if how == "no-config":
+        (folder / "config.json").unlink()
+    elif how == "no-weights":
+        weights.unlink()
+    elif how == "only-bin":
+        weights.rename(folder / "pytorch_model.bin")
+    elif how == "truncated":
+        data = weights.read_bytes()
+        weights.write_bytes(data[: len(data) // 2])
+    elif how == "wrong-shape":
+        cfg = json.loads((folder / "config.json").read_text())
+        cfg["n_embd"] = 32
+        (folder / "config.json").write_text(json.dumps(cfg))
+    elif how == "not-gpt2":
+        cfg = json.loads((folder / "config.json").read_text())
+        cfg["model_type"] = "llama"
+        (folder / "config.json").write_text(json.dumps(cfg))
+    elif how == "missing-tensor":
+        tensors = load_file(weights)
+        del tensors["h.1.mlp.c_fc.weight"]
+        save_file(tensors, weights)
+    elif how == "bad-json":
+        (folder / "config.json").write_text("{not json")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("no-config", "no config.json"),
+        ("no-weights", "no model.safetensors"),
+        ("only-bin", "pytorch_model.bin (a pickle"),
+        ("truncated", "truncated"),
+        ("wrong-shape", "has shape"),
+        ("not-gpt2", "'llama' model, not GPT-2"),
+        ("missing-tensor", "lacks tensor 'h.1.mlp.c_fc.weight'"),
+        ("bad-json", "not valid JSON"),
+    ],
+)
+def test_broken_checkpoints_give_specific_errors(
+    tiny_checkpoint: Path, tmp_path: Path, how: str, message: str
+) -> None:
+    folder = broken(tiny_checkpoint, tmp_path, how)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(folder)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)

@@ -1,0 +1,96 @@
+"""Our GPT-2 against transformers' GPT2LMHeadModel (the oracle) on the same random checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt2cli.checkpoint import load_checkpoint
+from gpt2cli.engine import complete, load_model
+from gpt2cli.sampling import SamplingParams
+
+
+def reference(folder: Path):
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    return transformers.GPT2LMHeadModel.from_pretrained(str(folder)).eval()
+
+
+@pytest.fixture(params=["hub", "transformers"])
+def checkpoint(request, tiny_checkpoint, tiny_checkpoint_transformers) -> Path:
+    return tiny_checkpoint if request.param == "hub" else tiny_checkpoint_transformers
+
+
+def test_logits_match_transformers(checkpoint: Path) -> None:
+    ours = load_checkpoint(checkpoint)
+    ref = reference(checkpoint)
+    ids = torch.randint(
+        0, ours.config.vocab_size, (3, 40), generator=torch.Generator().manual_seed(0)
+    )
+    logits = ours(ids, ours.new_cache(3), all_logits=True)
+    with torch.no_grad():
+        expected = ref(ids).logits
+    assert logits.shape == expected.shape
+    assert (logits - expected).abs().max().item() <= 1e-4
+    assert expected.std() > 0.5  # the checkpoint is not near-uniform: the check has teeth
+
+
+def test_greedy_50_tokens_match_transformers_generate(checkpoint: Path) -> None:
+    lm = load_model(checkpoint, device="cpu")
+    prompt = "Once upon a time"
+    ids = lm.tokenizer.encode(prompt)
+    ref = reference(checkpoint)
+    with torch.no_grad():
+        out = ref.generate(
+            torch.tensor([ids]),
+            max_new_tokens=50,
+            min_new_tokens=50,
+            do_sample=False,
+            pad_token_id=lm.tokenizer.eot_id,
+        )
+    expected = out[0, len(ids) :].tolist()
+    assert len(set(expected)) > 5, "reference output degenerate: weights too small"
+    (ours,) = complete(lm, prompt, SamplingParams(temperature=0), max_tokens=50, ignore_eos=True)
+    assert ours.token_ids == expected
+
+
+def test_kv_cache_equals_full_recompute(tiny_checkpoint: Path) -> None:
+    model = load_checkpoint(tiny_checkpoint)
+    ids = torch.randint(
+        0, model.config.vocab_size, (2, 30), generator=torch.Generator().manual_seed(1)
+    )
+    cache = model.new_cache(2)
+    stepped = [model(ids[:, :10], cache)]
+    for t in range(10, 30):
+        stepped.append(model(ids[:, t : t + 1], cache))
+    for t, logits in enumerate(stepped[1:], start=10):
+        full = model(ids[:, : t + 1], model.new_cache(2))
+        assert (logits - full).abs().max().item() <= 1e-4
+    # a multi-token chunk after cached context (causal mask offset by the past)
+    cache = model.new_cache(2)
+    model(ids[:, :12], cache)
+    chunk = model(ids[:, 12:], cache, all_logits=True)
+    full = model(ids, model.new_cache(2), all_logits=True)
+    assert (chunk - full[:, 12:]).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_close_to_float32(tiny_checkpoint: Path, dtype: torch.dtype) -> None:
+    full = load_checkpoint(tiny_checkpoint)
+    half = load_checkpoint(tiny_checkpoint, dtype=dtype)
+    assert half.wte.weight.dtype == dtype
+    ids = torch.arange(20).view(1, 20)
+    a = full(ids, full.new_cache(1), all_logits=True)
+    b = half(ids, half.new_cache(1), all_logits=True)
+    assert b.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.99
+
+
+def test_window_overflow_is_refused(tiny_checkpoint: Path) -> None:
+    model = load_checkpoint(tiny_checkpoint)
+    n = model.config.n_positions
+    with pytest.raises(ValueError, match="window"):
+        model(torch.zeros(1, n + 1, dtype=torch.long), model.new_cache(1))

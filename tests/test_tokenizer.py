@@ -1,0 +1,86 @@
+"""Tokenizer loading and the StreamDecoder's UTF-8 safety."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpt2cli.errors import CheckpointError
+from gpt2cli.tokenizer import EOT, StreamDecoder, Tokenizer
+
+TEXTS = ["Hello, world!", "Café naïve 東京タワー 🎉🚀👍🏽", "[bold]x[/bold] <|endoftext|> tail", ""]
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_checkpoint: Path) -> Tokenizer:
+    return Tokenizer.from_folder(tiny_checkpoint)
+
+
+def stream(tok: Tokenizer, ids: list[int]) -> list[str]:
+    dec = StreamDecoder(tok)
+    return [dec.push(i) for i in ids] + [dec.flush()]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_round_trip_and_agreement_with_tokenizers(tok: Tokenizer, text: str) -> None:
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    assert tok._tok.decode(ids, skip_special_tokens=False) == text
+
+
+def test_endoftext_is_the_special_last_id(tok: Tokenizer) -> None:
+    assert tok.encode(EOT) == [tok.eot_id]
+    assert tok.eot_id == tok.vocab_size - 1
+
+
+def test_emoji_split_over_byte_tokens_is_never_emitted_half(tok: Tokenizer) -> None:
+    ids = tok.encode("a🎉b")
+    assert len(ids) > 3  # the emoji spans several byte-level tokens
+    deltas = stream(tok, ids)
+    assert "".join(deltas) == "a🎉b"
+    assert all("\ufffd" not in d for d in deltas)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_stream_decoder_deltas_equal_full_decode(tok: Tokenizer, data: st.DataObject) -> None:
+    byte_ids = [i for i, b in enumerate(tok.token_bytes) if len(b) == 1 and b[0] >= 0x80]
+    ids = data.draw(
+        st.lists(
+            st.one_of(
+                st.integers(0, tok.vocab_size - 1),
+                st.sampled_from(byte_ids),  # continuation/lead bytes: partial characters
+            ),
+            max_size=40,
+        )
+    )
+    deltas = stream(tok, ids)
+    assert "".join(deltas) == tok.decode(ids)
+
+
+@settings(max_examples=100, deadline=None)
+@given(text=st.text(max_size=30))
+def test_stream_decoder_on_real_text(tok: Tokenizer, text: str) -> None:
+    ids = tok.encode(text)
+    deltas = stream(tok, ids)
+    assert "".join(deltas) == text
+    assert all("\ufffd" not in d for d in deltas) or "\ufffd" in text
+
+
+def test_vocab_and_merges_fallback(tiny_checkpoint: Path, tmp_path: Path, tok: Tokenizer) -> None:
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(tiny_checkpoint / name, tmp_path / name)
+    fallback = Tokenizer.from_folder(tmp_path)
+    for text in TEXTS:
+        assert fallback.encode(text) == tok.encode(text)
+        assert fallback.decode(fallback.encode(text)) == text
+    assert fallback.eot_id == tok.eot_id
+
+
+def test_missing_tokenizer_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="no tokenizer.json"):
+        Tokenizer.from_folder(tmp_path)
