@@ -2,21 +2,21 @@
 
 Accepts the Hub's unprefixed keys (with `h.N.attn.bias`/`masked_bias` mask buffers, no lm_head)
 and the `transformer.`-prefixed keys recent transformers writes (with or without lm_head.weight),
-single-file or sharded. Never unpickles `.bin` files. Tensors are read one at a time from the
-memory-mapped file and moved straight into the model, so two full copies never coexist.
+single-file or sharded. Never unpickles `.bin` files. Tensors are read one at a time with
+plain reads (see tensorfile.py) straight into the model, so two full copies never coexist.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from gpt2cli.errors import CheckpointError
-from gpt2cli.model import GPT2, GPT2Config
+from gpt2cli.model import GPT2, GPT2Config, prefer_in_out
+from gpt2cli.tensorfile import TensorFile, TensorFileError, TensorInfo
 
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 _FIX = "convert it with transformers (`model.save_pretrained(folder)` writes model.safetensors)"
@@ -95,27 +95,23 @@ def _expected_shapes(cfg: GPT2Config) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _iter_tensors(files: list[Path]) -> Iterator[tuple[str, object]]:
-    """Yield (normalised key, lazy slice getter) for every tensor worth loading."""
-    from safetensors import SafetensorError, safe_open
-
+def _index(files: list[Path]) -> dict[str, tuple[TensorFile, TensorInfo]]:
+    """Normalised name -> where to read it, for every tensor worth loading."""
+    found: dict[str, tuple[TensorFile, TensorInfo]] = {}
     for file in files:
         try:
-            handle = safe_open(str(file), framework="pt", device="cpu")
-        except (SafetensorError, OSError, ValueError) as exc:
+            tf = TensorFile(file)
+        except (TensorFileError, OSError) as exc:
             raise CheckpointError(
                 f"{file} is not a readable safetensors file ({exc}); it may be truncated: "
                 "delete it and download again"
             ) from None
-        with handle as f:
-            for key in f.keys():
-                name = key.removeprefix("transformer.")
-                if name == "lm_head.weight" or name.endswith(_IGNORED_SUFFIXES):
-                    continue  # tied head / causal-mask buffers: derived, not loaded
-                try:
-                    yield name, f.get_tensor(key)
-                except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
-                    raise CheckpointError(f"{file}: cannot read tensor {key!r} ({exc})") from None
+        for info in tf:
+            name = info.name.removeprefix("transformer.")
+            if name == "lm_head.weight" or name.endswith(_IGNORED_SUFFIXES):
+                continue  # tied head / causal-mask buffers: derived, not loaded
+            found[name] = (tf, info)
+    return found
 
 
 def load_checkpoint(
@@ -123,37 +119,53 @@ def load_checkpoint(
     *,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    in_out: bool | None = None,
 ) -> GPT2:
-    """Build the GPT2 module of `folder` on `device` in `dtype`, in eval mode."""
+    """Build the GPT2 module of `folder` on `device` in `dtype`, in eval mode. `in_out` picks the
+    weight layout (default: the faster one for this device and dtype, see model.py)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder} is not a folder")
+    device = torch.device(device)
     cfg = read_config(folder)
-    files = weight_files(folder)
+    tensors = _index(weight_files(folder))
     expected = _expected_shapes(cfg)
-    with torch.device("meta"):
-        model = GPT2(cfg)
-    loaded: set[str] = set()
-    for name, tensor in _iter_tensors(files):
+    for name, (_, info) in tensors.items():
         shape = expected.get(name)
         if shape is None:
             raise CheckpointError(f"unexpected tensor {name!r} in checkpoint: not a GPT-2 layout")
-        if tuple(tensor.shape) != shape:
+        if info.shape != shape:
             raise CheckpointError(
-                f"tensor {name!r} has shape {tuple(tensor.shape)}, but config.json implies {shape}"
+                f"tensor {name!r} has shape {info.shape}, but config.json implies {shape}"
             )
-        if tensor.dim() == 2 and not name.endswith(("wte.weight", "wpe.weight")):
-            tensor = tensor.t()  # Conv1D (in, out) -> Linear (out, in)
-        _assign(model, name, tensor.to(device=device, dtype=dtype).contiguous())
-        loaded.add(name)
-    missing = sorted(set(expected) - loaded)
+    missing = sorted(set(expected) - set(tensors))
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise CheckpointError(f"checkpoint lacks tensor {missing[0]!r}{more}")
+
+    if in_out is None:
+        in_out = prefer_in_out(device, dtype)
+    with torch.device("meta"):
+        model = GPT2(cfg, in_out=in_out)
+    try:
+        for name, (tf, info) in tensors.items():
+            if name == "wte.weight" and in_out:
+                out = torch.empty(info.shape[::-1], dtype=dtype)
+                tf.read_rows_transposed(info.name, out)
+                _assign(model, "wte_t", out.to(device))
+                continue
+            tensor = tf.read(info.name).to(dtype)
+            if name == "wte.weight":
+                name = "wte"
+            elif tensor.dim() == 2 and name != "wpe.weight" and not in_out:
+                tensor = tensor.t().contiguous()  # Conv1D (in, out) -> Linear (out, in)
+            _assign(model, name, tensor.to(device))
+    except (TensorFileError, OSError) as exc:
+        raise CheckpointError(f"cannot read the weights in {folder}: {exc}") from None
     return model.eval().requires_grad_(False)
 
 
 def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
     module_name, _, attr = name.rpartition(".")
-    module = model.get_submodule(module_name)
+    module = model.get_submodule(module_name) if module_name else model
     setattr(module, attr, nn.Parameter(tensor, requires_grad=False))

@@ -24,8 +24,10 @@ def checkpoint(request, tiny_checkpoint, tiny_checkpoint_transformers) -> Path:
     return tiny_checkpoint if request.param == "hub" else tiny_checkpoint_transformers
 
 
-def test_logits_match_transformers(checkpoint: Path) -> None:
-    ours = load_checkpoint(checkpoint)
+@pytest.mark.parametrize("in_out", [True, False], ids=["in_out", "out_in"])
+def test_logits_match_transformers(checkpoint: Path, in_out: bool) -> None:
+    ours = load_checkpoint(checkpoint, in_out=in_out)
+    assert ours.in_out == in_out
     ref = reference(checkpoint)
     ids = torch.randint(
         0, ours.config.vocab_size, (3, 40), generator=torch.Generator().manual_seed(0)
@@ -81,7 +83,7 @@ def test_kv_cache_equals_full_recompute(tiny_checkpoint: Path) -> None:
 def test_half_precision_close_to_float32(tiny_checkpoint: Path, dtype: torch.dtype) -> None:
     full = load_checkpoint(tiny_checkpoint)
     half = load_checkpoint(tiny_checkpoint, dtype=dtype)
-    assert half.wte.weight.dtype == dtype
+    assert half.wpe.weight.dtype == dtype
     ids = torch.arange(20).view(1, 20)
     a = full(ids, full.new_cache(1), all_logits=True)
     b = half(ids, half.new_cache(1), all_logits=True)

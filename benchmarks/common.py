@@ -1,0 +1,46 @@
+"""Shared helpers for the benchmarks: random checkpoints at real GPT-2 shapes, RSS, timing."""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path(__file__).resolve().parent / ".cache"
+SHAPES = {  # name: (n_layer, n_embd, n_head)
+    "small": (12, 768, 12),
+    "medium": (24, 1024, 16),
+    "large": (36, 1280, 20),
+    "xl": (48, 1600, 25),
+}
+
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def checkpoint(shape: str) -> Path:
+    """A random-weight checkpoint at `shape` (built once, then reused from benchmarks/.cache)."""
+    from checkpoints import build_checkpoint
+
+    folder = CACHE / shape
+    if not (folder / "model.safetensors").is_file() or not (folder / "tokenizer.json").is_file():
+        n_layer, n_embd, n_head = SHAPES[shape]
+        print(f"building a random {shape} checkpoint in {folder} ...", file=sys.stderr)
+        build_checkpoint(
+            folder,
+            n_layer=n_layer,
+            n_embd=n_embd,
+            n_head=n_head,
+            n_positions=1024,
+            vocab_size=50257,
+        )
+    return folder
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
