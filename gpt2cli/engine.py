@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from gpt2cli.decoder import make_decoder
 from gpt2cli.errors import ParamError
 from gpt2cli.model import GPT2, GPT2Config
 from gpt2cli.sampling import SamplingParams, sample_next, validate_param
@@ -38,6 +39,8 @@ class LoadedModel:
     path: Path
     device: torch.device
     dtype: torch.dtype
+    compiled: bool = False  # torch.compile the decode step (--compile)
+    cuda_graphs: bool | None = None  # None: on for CUDA devices
 
     @property
     def config(self) -> GPT2Config:
@@ -131,6 +134,7 @@ def load_model(
     revision: str | None = None,
     offline: bool | None = None,
     threads: int | None = None,
+    compile: bool = False,
 ) -> LoadedModel:
     """Load a GPT-2 checkpoint: a size name (small, medium, large, xl), a Hub repo id, or a
     local folder. Downloads into the Hugging Face cache when needed."""
@@ -146,7 +150,7 @@ def load_model(
     folder = resolve_model(str(model), revision=revision, offline=offline)
     tokenizer = Tokenizer.from_folder(folder)
     net = load_checkpoint(folder, device=dev, dtype=dt)
-    return LoadedModel(net, tokenizer, str(model), Path(folder), dev, dt)
+    return LoadedModel(net, tokenizer, str(model), Path(folder), dev, dt, compiled=compile)
 
 
 def fit_prompt(ids: list[int], window: int, max_tokens: int) -> tuple[list[int], int]:
@@ -228,7 +232,7 @@ def generate(
     yield Start(prompt_tokens=len(ids), dropped_tokens=dropped, seed=seed, samples=samples)
 
     generator = torch.Generator(device=lm.device).manual_seed(seed)
-    cache = net.new_cache(samples)
+    decoder = make_decoder(net, samples, cuda_graphs=lm.cuda_graphs, compiled=lm.compiled)
     prompt_ids = torch.tensor([ids] * samples, device=lm.device)
     seen = None
     if params.repetition_penalty != 1.0:
@@ -265,7 +269,7 @@ def generate(
             ),
         )
 
-    logits = net(prompt_ids, cache)
+    logits = decoder.prefill(prompt_ids)
     for step in range(max_tokens):
         next_ids = sample_next(logits, params, generator, seen)
         if seen is not None:
@@ -305,12 +309,12 @@ def generate(
             return
         if step == max_tokens - 1:
             break
-        if cache.length >= window:
+        if decoder.length >= window:
             for b in list(active):
                 active.remove(b)
                 yield from finish(b, "context", texts[b].finish()[0])
             return
-        logits = net(next_ids.view(samples, 1), cache)
+        logits = decoder.step(next_ids)
     for b in list(active):
         out, stopped = texts[b].finish()
         yield from finish(b, "stop" if stopped else "length", out)

@@ -74,11 +74,19 @@ class KVCache:
     place and never allocates per token."""
 
     def __init__(
-        self, config: GPT2Config, batch: int, device: torch.device, dtype: torch.dtype
+        self,
+        config: GPT2Config,
+        batch: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        zeroed: bool = False,
     ) -> None:
+        # Untouched pages of an empty tensor cost no memory; the static path attends over the
+        # whole window (masked), and needs zeros there since 0 * NaN garbage would be NaN.
         shape = (config.n_layer, batch, config.n_head, config.n_positions, config.head_dim)
-        self.k = torch.empty(shape, device=device, dtype=dtype)
-        self.v = torch.empty(shape, device=device, dtype=dtype)
+        alloc = torch.zeros if zeroed else torch.empty
+        self.k = alloc(shape, device=device, dtype=dtype)
+        self.v = alloc(shape, device=device, dtype=dtype)
         self.length = 0  # positions filled so far
 
     @property
@@ -115,10 +123,18 @@ class Attention(nn.Module):
         self.c_attn = Linear(config.n_embd, 3 * config.n_embd, in_out)
         self.c_proj = Linear(config.n_embd, config.n_embd, in_out)
 
-    def forward(self, x: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, pos: int):
+    def forward(
+        self, x: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, pos: int | torch.Tensor
+    ) -> torch.Tensor:
         B, T, C = x.shape
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, H, T, hd)
+        if isinstance(pos, torch.Tensor):  # static shapes for CUDA graphs: see forward_static
+            cache_k.index_copy_(2, pos, k)
+            cache_v.index_copy_(2, pos, v)
+            visible = (torch.arange(cache_k.shape[2], device=x.device) <= pos).view(1, -1)
+            y = F.scaled_dot_product_attention(q, cache_k, cache_v, attn_mask=visible)
+            return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
         end = pos + T
         cache_k[:, :, pos:end] = k
         cache_v[:, :, pos:end] = v
@@ -151,7 +167,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config, in_out)
 
-    def forward(self, x: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, pos: int):
+    def forward(
+        self, x: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, pos: int | torch.Tensor
+    ) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache_k, cache_v, pos)
         return x + self.mlp(self.ln_2(x))
 
@@ -176,9 +194,9 @@ class GPT2(nn.Module):
         """(vocab, d), a view whatever the storage layout."""
         return self.wte_t.t() if self.in_out else self.wte
 
-    def new_cache(self, batch: int = 1) -> KVCache:
+    def new_cache(self, batch: int = 1, zeroed: bool = False) -> KVCache:
         p = self.wpe.weight
-        return KVCache(self.config, batch, p.device, p.dtype)
+        return KVCache(self.config, batch, p.device, p.dtype, zeroed)
 
     @torch.inference_mode()
     def forward(self, idx: torch.Tensor, cache: KVCache, all_logits: bool = False) -> torch.Tensor:
@@ -197,6 +215,19 @@ class GPT2(nn.Module):
         cache.length = pos + T
         if not all_logits:
             x = x[:, -1]
+        return self._head(x)
+
+    @torch.inference_mode()
+    def forward_static(self, idx: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One token per sample at position `pos` (a 1-element int64 tensor on the device),
+        attending over the whole window with a mask: every shape is fixed, so the step can be
+        captured in a CUDA graph and replayed. Leaves `cache.length` to the caller."""
+        x = self.token_embedding[idx] + self.wpe.weight[pos]
+        for i, block in enumerate(self.h):
+            x = block(x, cache.k[i], cache.v[i], pos)
+        return self._head(x[:, -1])
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
         x = self.ln_f(x)
         if self.in_out:
             return (x.reshape(-1, x.shape[-1]) @ self.wte_t).view(*x.shape[:-1], -1).float()

@@ -96,3 +96,29 @@ def test_window_overflow_is_refused(tiny_checkpoint: Path) -> None:
     n = model.config.n_positions
     with pytest.raises(ValueError, match="window"):
         model(torch.zeros(1, n + 1, dtype=torch.long), model.new_cache(1))
+
+
+def test_static_step_for_cuda_graphs_equals_eager(tiny_checkpoint: Path) -> None:
+    """The CUDA-graph path's logic (fixed shapes, masked full-window attention, device-side
+    position) runs on CPU too: it must give the eager path's logits and greedy tokens."""
+    from gpt2cli.decoder import EagerDecoder, GraphDecoder
+
+    model = load_checkpoint(tiny_checkpoint)
+    prompt = torch.tensor([[5, 17, 42, 7]] * 2)
+    eager, static = EagerDecoder(model, 2), GraphDecoder(model, 2, capture=False)
+    a, b = eager.prefill(prompt), static.prefill(prompt)
+    for _ in range(model.config.n_positions - prompt.shape[1]):
+        assert (a - b).abs().max().item() <= 1e-4
+        nxt = a.argmax(-1)
+        a, b = eager.step(nxt), static.step(nxt)
+    assert static.length == eager.length == model.config.n_positions
+    with pytest.raises(ValueError, match="full"):
+        static.step(nxt)
+
+
+def test_engine_uses_static_decoder_when_asked(tiny_checkpoint: Path) -> None:
+    lm = load_model(tiny_checkpoint, device="cpu")
+    eager = complete(lm, "Hi there", SamplingParams(seed=4), max_tokens=30, ignore_eos=True)
+    lm.cuda_graphs = True  # on CPU: the static-shape step without capture
+    static = complete(lm, "Hi there", SamplingParams(seed=4), max_tokens=30, ignore_eos=True)
+    assert static[0].token_ids == eager[0].token_ids
