@@ -45,3 +45,15 @@ def tiny_checkpoint_transformers(tmp_path_factory: pytest.TempPathFactory) -> Pa
     return build_checkpoint(
         tmp_path_factory.mktemp("ckpt") / "tiny-tf", layout="transformers", seed=1
     )
+
+
+@pytest.fixture
+def fake_hub(monkeypatch: pytest.MonkeyPatch):
+    """A fake Hugging Face Hub on 127.0.0.1 (tests/fakehub.py); HF_ENDPOINT points at it."""
+    from fakehub import FakeHub
+
+    hub = FakeHub()
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    yield hub
+    hub.stop()
