@@ -3,17 +3,32 @@ with a `register(app)`. Nothing here imports torch: `gpt2 --help` and completion
 
 from __future__ import annotations
 
-import os
 import sys
+import traceback
 
 import typer
 
 from gpt2cli import __version__
-from gpt2cli.errors import Gpt2Error
+from gpt2cli.commands import options
+from gpt2cli.errors import Gpt2Error, ParamError
+from gpt2cli.io import silence_stdout
+
+try:  # typer >= 0.22 vendors click as typer._click
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older typer on top of click
+    from click import exceptions as click_exceptions
+
+HELP = """Run OpenAI's GPT-2 locally: generate text, chat in a REPL, score text.
+
+[bold]Examples[/bold]
+  gpt2 generate "The meaning of life is"
+  echo "Once upon a time" | gpt2 generate -n 50 --json
+  gpt2 generate --help
+"""
 
 app = typer.Typer(
     name="gpt2",
-    help="Run OpenAI's GPT-2 locally: generate text, chat in a REPL, score text.",
+    help=HELP,
     no_args_is_help=True,
     add_completion=True,
     rich_markup_mode="rich",
@@ -38,15 +53,20 @@ def _root(
         callback=_version,
         is_eager=True,
     ),
+    debug: options.Debug = False,
 ) -> None:
-    """Run OpenAI's GPT-2 locally: generate text, chat in a REPL, score text."""
+    """Run OpenAI's GPT-2 locally."""
 
 
 def error(message: str, code: int = 1) -> typer.Exit:
     """Print a one-line error on stderr and return the Exit to raise."""
-    sys.stderr.write(f"gpt2: error: {message}\n")
+    sys.stderr.write(f"gpt2: error: {one_line(message)}\n")
     sys.stderr.flush()
     return typer.Exit(code)
+
+
+def one_line(message: str) -> str:
+    return " ".join(str(message).split())
 
 
 def _register_commands() -> None:
@@ -65,18 +85,48 @@ def _register_commands() -> None:
 _register_commands()
 
 
-def main() -> None:
-    """Console-script entry point: run the app, turning known failures into one-line errors and
-    the exit codes scripts expect (1 error, 2 usage, 130 Ctrl-C, quiet on a closed pipe)."""
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    sys.exit(run(argv))
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the app and return the exit status, turning known failures into one-line errors and
+    the exit codes scripts expect: 1 error, 2 usage, 130 Ctrl-C, quiet on a closed pipe. With
+    `--debug` (or GPT2_DEBUG=1) errors also show their traceback."""
     try:
-        app()
+        result = app(args=argv, prog_name="gpt2", standalone_mode=False)
+    except click_exceptions.ClickException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `gpt2` alone: help is already printed
+            return exc.exit_code
+        message = exc.format_message()
+        ctx = getattr(exc, "ctx", None)
+        if isinstance(exc, click_exceptions.UsageError) and ctx is not None:
+            message += f" (see '{ctx.command_path} --help')"
+        return _fail(message, exc.exit_code)
+    except typer.Abort:
+        return _fail("aborted", 1)
+    except ParamError as exc:
+        return _fail(options.describe(exc), exc.exit_code)
     except Gpt2Error as exc:
-        raise SystemExit(error(str(exc), exc.exit_code).exit_code) from None
+        return _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         sys.stderr.write("\n")
-        raise SystemExit(130) from None
+        return 130
     except BrokenPipeError:
-        # Point stdout at devnull so the interpreter's final flush does not fail again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        raise SystemExit(141 if os.name != "nt" else 1) from None
+        silence_stdout()
+        return 141
+    except OSError as exc:
+        return _fail(str(exc), 1)
+    except Exception as exc:
+        return _fail(f"unexpected {type(exc).__name__}: {exc}", 1, hint=True)
+    return result if isinstance(result, int) else 0
+
+
+def _fail(message: str, code: int, hint: bool = False) -> int:
+    if options.debug_enabled():
+        traceback.print_exc()
+    elif hint:
+        message += " (run with --debug for the traceback)"
+    error(message, code)
+    return code

@@ -1,0 +1,274 @@
+"""Showing a generation: the one place that decides, once, how the engine's events are shown.
+
+- terminal: the prompt dim, the continuation streamed as tokens arrive, word-wrapped as it goes
+  (gpt2cli/wrap.py; no `Live`, so text taller than the screen is never redrawn or duplicated),
+  then a stats line on stderr. Model text is `rich.text.Text`, never markup: `[bold]` prints
+  as `[bold]`.
+- plain (a pipe): only the continuation (`echo` adds the prompt), written and flushed as it
+  streams; no colour or escape codes; stats on stderr only when asked.
+- json: one JSON object per sample on stdout.
+
+Samples decode as one batch and their events interleave; the first is streamed live while the
+others are buffered, then each is shown in turn, separated by a rule on a terminal.
+
+Ctrl-C while rendering stops decoding: what was shown stays, the line is ended, the partial
+sample is returned with finish_reason "interrupted" and `Renderer.interrupted` is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, TextIO
+
+from rich.console import Console
+from rich.control import Control, ControlType
+from rich.style import StyleType
+from rich.text import Text
+
+from gpt2cli.wrap import WrappingWriter
+
+if TYPE_CHECKING:
+    from gpt2cli.engine import Completion, Delta, Event
+
+MODES = ("terminal", "plain", "json")
+JSON_FIELDS = (
+    "text",
+    "prompt_tokens",
+    "completion_tokens",
+    "finish_reason",
+    "seed",
+    "model",
+    "time_to_first_token_s",
+    "tokens_per_s",
+)
+
+
+def stats_line(c: Completion, label: str = "") -> str:
+    line = (
+        f"{c.completion_tokens} tokens · {c.tokens_per_s:.1f} tok/s · "
+        f"first token {c.time_to_first_token_s:.2f} s · seed {c.seed} · finish: {c.finish_reason}"
+    )
+    return f"{label}{line}"
+
+
+def completion_json(c: Completion) -> str:
+    record = {name: getattr(c, name) for name in JSON_FIELDS}
+    for name in ("time_to_first_token_s", "tokens_per_s"):
+        record[name] = round(record[name], 4)
+    return json.dumps(record, ensure_ascii=False)
+
+
+class Renderer:
+    """Renders one generation's event stream; reusable for many (the REPL keeps one).
+
+    mode: "terminal", "plain" or "json"; None picks json when `json_output`, else terminal when
+    stdout is a terminal, else plain. echo: show the prompt before the continuation (default: on
+    a terminal only). stats: the stats line on stderr (default: on a terminal or with verbose).
+    delta_style: optional style per Delta on a terminal (e.g. colour by logprob)."""
+
+    def __init__(
+        self,
+        mode: str | None = None,
+        *,
+        json_output: bool = False,
+        echo: bool | None = None,
+        stats: bool | None = None,
+        verbose: bool = False,
+        out: TextIO | None = None,
+        err: TextIO | None = None,
+        console: Console | None = None,
+        err_console: Console | None = None,
+        delta_style: Callable[[Delta], StyleType | None] | None = None,
+    ) -> None:
+        self.out = out if out is not None else sys.stdout
+        if mode is None:
+            is_tty = console.is_terminal if console is not None else _isatty(self.out)
+            mode = "json" if json_output else "terminal" if is_tty else "plain"
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
+        self.echo = (mode == "terminal") if echo is None else echo
+        self.show_stats = (mode == "terminal" or verbose) if stats is None else stats
+        self.console = console or Console(file=self.out, highlight=False, markup=False, emoji=False)
+        self.err_console = err_console or Console(
+            file=err if err is not None else sys.stderr, highlight=False, markup=False, emoji=False
+        )
+        self.writer = WrappingWriter(self.console)
+        self.delta_style = delta_style
+        self.interrupted = False
+
+    # -- messages on stderr ----------------------------------------------------------------
+    def warn(self, message: str) -> None:
+        self._note(Text(f"gpt2: warning: {message}", style="yellow"))
+
+    def info(self, message: str) -> None:
+        self._note(Text(message, style="dim"))
+
+    def _note(self, text: Text) -> None:
+        # Word-wrapped on a terminal; one line per message in a log file.
+        self.err_console.print(text, soft_wrap=not self.err_console.is_terminal)
+
+    # -- one generation --------------------------------------------------------------------
+    def render(
+        self, events: Iterable[Event], *, prompt: str = "", model: str = ""
+    ) -> list[Completion]:
+        """Show a generation as it happens; return its completions in sample order."""
+        from gpt2cli.engine import Delta, Finish, Start
+
+        self.interrupted = False
+        run = _Run(prompt, model)
+        try:
+            for event in events:
+                if isinstance(event, Delta):
+                    run.add(event)
+                    if event.sample == run.current:
+                        self._delta(event)
+                elif isinstance(event, Finish):
+                    run.finished[event.sample] = event.completion
+                    for done in run.advance():
+                        self._end(run, done)
+                        if run.current < run.samples:
+                            self._begin(run)
+                elif isinstance(event, Start):
+                    run.start(event)
+                    if event.dropped_tokens:
+                        self.warn(
+                            f"the prompt is longer than the context window allows: its first "
+                            f"{event.dropped_tokens} tokens were dropped"
+                        )
+                    self._begin(run)
+        except KeyboardInterrupt:
+            self.interrupted = True
+            with contextlib.suppress(Exception):
+                events.close()  # type: ignore[attr-defined]
+            if run.started and run.current < run.samples:
+                self._end(run, run.partial(run.current))
+            elif self.mode == "terminal":
+                self.writer.end_line()
+        return run.shown
+
+    def _begin(self, run: _Run) -> None:
+        i = run.current
+        if self.mode == "terminal":
+            if run.samples > 1:
+                self.console.rule(Text(f"sample {i + 1}/{run.samples}"), style="dim")
+            if self.echo and run.prompt:
+                self.writer.write(run.prompt, "dim")
+        elif self.mode == "plain":
+            if i > 0:
+                self.out.write("\n")
+            if self.echo and run.prompt:
+                self.out.write(run.prompt)
+            self.out.flush()
+        for delta in run.pending.pop(i, []):
+            self._delta(delta)
+
+    def _delta(self, delta: Delta) -> None:
+        if not delta.text:
+            return
+        if self.mode == "terminal":
+            style = self.delta_style(delta) if self.delta_style else None
+            self.writer.write(delta.text, style)
+        elif self.mode == "plain":
+            self.out.write(delta.text)
+            self.out.flush()
+
+    def _end(self, run: _Run, completion: Completion) -> None:
+        run.shown.append(completion)
+        if self.mode == "terminal":
+            self.writer.end_line()
+        elif self.mode == "plain":
+            self.out.write("\n")
+            self.out.flush()
+        else:
+            self.out.write(completion_json(completion) + "\n")
+            self.out.flush()
+        if self.show_stats:
+            label = f"sample {len(run.shown)}/{run.samples}: " if run.samples > 1 else ""
+            self.info(stats_line(completion, label))
+
+
+class _Run:
+    """Book-keeping for one generation: which sample is shown, what is buffered."""
+
+    def __init__(self, prompt: str, model: str) -> None:
+        self.prompt, self.model = prompt, model
+        self.started = False
+        self.samples, self.prompt_tokens, self.seed = 1, 0, 0
+        self.current = 0
+        self.pending: dict[int, list[Delta]] = {}
+        self.finished: dict[int, Completion] = {}
+        self.shown: list[Completion] = []
+        self.texts: dict[int, list[str]] = {}
+        self.tokens: dict[int, int] = {}
+        self.t_start = time.perf_counter()
+        self.t_first: float | None = None
+
+    def start(self, event) -> None:
+        self.started = True
+        self.samples, self.prompt_tokens, self.seed = event.samples, event.prompt_tokens, event.seed
+
+    def add(self, delta: Delta) -> None:
+        self.texts.setdefault(delta.sample, []).append(delta.text)
+        if delta.token_id is not None:
+            self.tokens[delta.sample] = self.tokens.get(delta.sample, 0) + 1
+            if self.t_first is None:
+                self.t_first = time.perf_counter()
+        if delta.sample != self.current:
+            self.pending.setdefault(delta.sample, []).append(delta)
+
+    def advance(self) -> Iterator[Completion]:
+        """Completions ready to be shown, in order; moves `current` past each."""
+        while self.current in self.finished:
+            done = self.finished.pop(self.current)
+            self.current += 1
+            yield done
+
+    def partial(self, sample: int) -> Completion:
+        """What there is of an unfinished sample, as an "interrupted" Completion."""
+        from gpt2cli.engine import Completion
+
+        now = time.perf_counter()
+        first = self.t_first if self.t_first is not None else now
+        n = self.tokens.get(sample, 0)
+        return Completion(
+            text="".join(self.texts.get(sample, [])),
+            finish_reason="interrupted",
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=n,
+            seed=self.seed,
+            model=self.model,
+            time_to_first_token_s=first - self.t_start,
+            tokens_per_s=(n - 1) / (now - first) if n > 1 and now > first else 0.0,
+        )
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def loading(name: str, err: TextIO | None = None) -> Iterator[None]:
+    """A "Loading …" note on a terminal's stderr while the model loads, erased afterwards.
+    (Not a spinner: a download's own progress bars may print meanwhile.)"""
+    err = err if err is not None else sys.stderr
+    if not _isatty(err):
+        yield
+        return
+    console = Console(file=err, highlight=False, markup=False, emoji=False)
+    note = Text(f"Loading {name}…", style="dim")
+    note.truncate(max(console.width - 1, 1), overflow="ellipsis")  # one line: erasable
+    console.print(note, end="", soft_wrap=True)
+    console.file.flush()
+    try:
+        yield
+    finally:
+        console.control(Control.move_to_column(0), Control((ControlType.ERASE_IN_LINE, 0)))
+        console.file.flush()
