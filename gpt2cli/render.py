@@ -149,6 +149,11 @@ class Renderer:
                 self._end(run, run.partial(run.current))
             elif self.mode == "terminal":
                 self.writer.end_line()
+        except Exception:
+            if self.mode == "terminal":  # the error message goes on a line of its own
+                with contextlib.suppress(Exception):
+                    self.writer.end_line()
+            raise
         return run.shown
 
     def _begin(self, run: _Run) -> None:
@@ -259,10 +264,10 @@ def loading(name: str, err: TextIO | None = None) -> Iterator[None]:
     """A "Loading …" note on a terminal's stderr while the model loads, erased afterwards.
     (Not a spinner: a download's own progress bars may print meanwhile.)"""
     err = err if err is not None else sys.stderr
-    if not _isatty(err):
+    console = Console(file=err, highlight=False, markup=False, emoji=False)
+    if not _isatty(err) or console.is_dumb_terminal:  # no way to erase it afterwards
         yield
         return
-    console = Console(file=err, highlight=False, markup=False, emoji=False)
     note = Text(f"Loading {name}…", style="dim")
     note.truncate(max(console.width - 1, 1), overflow="ellipsis")  # one line: erasable
     console.print(note, end="", soft_wrap=True)

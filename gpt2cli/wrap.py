@@ -76,7 +76,8 @@ class WrappingWriter:
 
     def _wrap(self, out: list[str], style: StyleType | None, width: int, w: int) -> list[str]:
         word_width, start = self.column - self.word_start, self.word_start
-        if not self.word or not self.word_start or word_width + w > width:
+        movable = self.word and self.word_start and word_width + w <= width
+        if not movable or (self.unprinted < len(self.word) and self.console.is_dumb_terminal):
             self._break(0)
             return [*out, "\n"]
         self.word_start, self.column = 0, word_width

@@ -189,3 +189,18 @@ def test_wrapping_writer_property(words, cuts, width: int) -> None:
         if len(word) * 2 <= width:
             assert any(word in line for line in screen.lines), (word, screen.lines)
     assert ESCAPE not in "".join(screen.lines)
+
+
+def test_dumb_terminal_gets_no_cursor_moves(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TERM", "dumb")
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=12, height=5, color_system=None)
+    assert console.is_dumb_terminal
+    writer = WrappingWriter(console)
+    for piece in ["one two thr", "ee four fi", "ve six"]:
+        writer.write(piece)
+    writer.end_line()
+    assert ESCAPE not in out.getvalue()
+    screen = Screen(12).feed(out.getvalue())
+    assert screen.autowraps == 0
+    assert squeeze("".join(screen.lines)) == squeeze("one two three four five six")

@@ -95,7 +95,10 @@ def generate(
         renderer.warn(warning)
     try:
         with loading(model):
-            lm = choice.load()
+            choice.check_device()  # before a download that would be wasted
+        folder = choice.resolve()  # may download, showing its own progress
+        with loading(model):
+            lm = choice.load(folder)
         if verbose:
             dtype_name = str(lm.dtype).removeprefix("torch.")
             renderer.info(

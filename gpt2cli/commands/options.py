@@ -10,9 +10,11 @@ A command declares its parameters with these aliases::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -265,15 +267,27 @@ class ModelChoice:
         if not self.model.strip():
             raise ParamError("model", "must not be empty")
 
-    def load(self) -> LoadedModel:
-        """Import torch and load the model (ParamError for an unavailable device or dtype)."""
+    def check_device(self) -> None:
+        """Import torch and check that the device and dtype are usable here (ParamError if not),
+        before any download."""
+        from gpt2cli.engine import pick_device, pick_dtype
+
+        pick_dtype(self.dtype, pick_device(self.device))
+
+    def resolve(self) -> Path:
+        """The local checkpoint folder, downloading it first when needed (with the hub's own
+        progress display on stderr). No torch."""
+        from gpt2cli.hub import resolve_model
+
+        return resolve_model(
+            self.model, revision=self.revision, offline=True if self.offline else None
+        )
+
+    def load(self, folder: Path | None = None) -> LoadedModel:
+        """Import torch and load the model from `folder` (resolved when not given). Raises
+        ParamError for an unavailable device or dtype."""
         from gpt2cli.engine import load_model
 
-        return load_model(
-            self.model,
-            device=self.device,
-            dtype=self.dtype,
-            revision=self.revision,
-            offline=True if self.offline else None,
-            threads=self.threads,
-        )
+        folder = folder if folder is not None else self.resolve()
+        lm = load_model(folder, device=self.device, dtype=self.dtype, threads=self.threads)
+        return dataclasses.replace(lm, name=self.model)
