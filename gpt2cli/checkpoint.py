@@ -155,9 +155,9 @@ def load_checkpoint(
                 _assign(model, "wte_t", out.to(device))
                 continue
             tensor = tf.read(info.name).to(dtype)
-            if name == "wte.weight":
-                name = "wte"
-            elif tensor.dim() == 2 and name != "wpe.weight" and not in_out:
+            if name in ("wte.weight", "wpe.weight"):
+                name = name.removesuffix(".weight")
+            elif tensor.dim() == 2 and not in_out:
                 tensor = tensor.t().contiguous()  # Conv1D (in, out) -> Linear (out, in)
             _assign(model, name, tensor.to(device))
     except (TensorFileError, OSError) as exc:

@@ -34,7 +34,7 @@ class GraphDecoder:
     """Static-shape decoding; `capture=True` (CUDA only) records the step as a CUDA graph."""
 
     def __init__(self, model: GPT2, batch: int, capture: bool | None = None) -> None:
-        device = model.wpe.weight.device
+        device = model.wpe.device
         self.model = model
         self.cache = model.new_cache(batch, zeroed=True)
         self.idx = torch.zeros(batch, 1, dtype=torch.long, device=device)
@@ -88,7 +88,7 @@ def make_decoder(
     model: GPT2, batch: int, *, cuda_graphs: bool | None = None, compiled: bool = False
 ) -> EagerDecoder | GraphDecoder:
     """The best driver for the model's device: CUDA graphs on CUDA (unless turned off)."""
-    on_cuda = model.wpe.weight.device.type == "cuda"
+    on_cuda = model.wpe.device.type == "cuda"
     if cuda_graphs if cuda_graphs is not None else on_cuda:
         return GraphDecoder(model, batch, capture=on_cuda)
     return EagerDecoder(model, batch, compiled=compiled)

@@ -185,7 +185,9 @@ class GPT2(nn.Module):
         self.in_out = in_out
         shape = (config.n_embd, config.vocab_size) if in_out else (config.vocab_size, config.n_embd)
         self.register_parameter("wte_t" if in_out else "wte", nn.Parameter(torch.empty(shape)))
-        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        # Plain parameters, not nn.Embedding: its initialiser on the meta device pulls in ~70 MB
+        # of torch's Python meta kernels, for weights the checkpoint overwrites anyway.
+        self.wpe = nn.Parameter(torch.empty(config.n_positions, config.n_embd))
         self.h = nn.ModuleList(Block(config, in_out) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
 
@@ -195,7 +197,7 @@ class GPT2(nn.Module):
         return self.wte_t.t() if self.in_out else self.wte
 
     def new_cache(self, batch: int = 1, zeroed: bool = False) -> KVCache:
-        p = self.wpe.weight
+        p = self.wpe
         return KVCache(self.config, batch, p.device, p.dtype, zeroed)
 
     @torch.inference_mode()
@@ -209,7 +211,7 @@ class GPT2(nn.Module):
         if B != cache.batch:
             raise ValueError(f"batch {B} does not match the cache's batch {cache.batch}")
         positions = torch.arange(pos, pos + T, device=idx.device)
-        x = self.token_embedding[idx] + self.wpe(positions)
+        x = self.token_embedding[idx] + self.wpe[positions]
         for i, block in enumerate(self.h):
             x = block(x, cache.k[i], cache.v[i], pos)
         cache.length = pos + T
@@ -222,7 +224,7 @@ class GPT2(nn.Module):
         """One token per sample at position `pos` (a 1-element int64 tensor on the device),
         attending over the whole window with a mask: every shape is fixed, so the step can be
         captured in a CUDA graph and replayed. Leaves `cache.length` to the caller."""
-        x = self.token_embedding[idx] + self.wpe.weight[pos]
+        x = self.token_embedding[idx] + self.wpe[pos]
         for i, block in enumerate(self.h):
             x = block(x, cache.k[i], cache.v[i], pos)
         return self._head(x[:, -1])
