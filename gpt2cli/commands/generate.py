@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from typing import Annotated
 
 import typer
@@ -89,6 +91,9 @@ def generate(
     from gpt2cli.io import read_prompt, silence_stdout
     from gpt2cli.render import Renderer, loading
 
+    for stream in (sys.stdout, sys.stderr):  # a non-UTF-8 locale must not end the run
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="replace")
     renderer = Renderer(json_output=json_output, echo=True if echo else None, verbose=verbose)
     text = read_prompt(prompt)
     for warning in text.warnings:
