@@ -39,7 +39,6 @@ class LoadedModel:
     path: Path
     device: torch.device
     dtype: torch.dtype
-    compiled: bool = False  # torch.compile the decode step (--compile)
     cuda_graphs: bool | None = None  # None: on for CUDA devices
 
     @property
@@ -134,7 +133,6 @@ def load_model(
     revision: str | None = None,
     offline: bool | None = None,
     threads: int | None = None,
-    compile: bool = False,
 ) -> LoadedModel:
     """Load a GPT-2 checkpoint: a size name (small, medium, large, xl), a Hub repo id, or a
     local folder. Downloads into the Hugging Face cache when needed."""
@@ -150,7 +148,7 @@ def load_model(
     folder = resolve_model(str(model), revision=revision, offline=offline)
     tokenizer = Tokenizer.from_folder(folder)
     net = load_checkpoint(folder, device=dev, dtype=dt)
-    return LoadedModel(net, tokenizer, str(model), Path(folder), dev, dt, compiled=compile)
+    return LoadedModel(net, tokenizer, str(model), Path(folder), dev, dt)
 
 
 def fit_prompt(ids: list[int], window: int, max_tokens: int) -> tuple[list[int], int]:
@@ -232,7 +230,7 @@ def generate(
     yield Start(prompt_tokens=len(ids), dropped_tokens=dropped, seed=seed, samples=samples)
 
     generator = torch.Generator(device=lm.device).manual_seed(seed)
-    decoder = make_decoder(net, samples, cuda_graphs=lm.cuda_graphs, compiled=lm.compiled)
+    decoder = make_decoder(net, samples, cuda_graphs=lm.cuda_graphs)
     prompt_ids = torch.tensor([ids] * samples, device=lm.device)
     seen = None
     if params.repetition_penalty != 1.0:
