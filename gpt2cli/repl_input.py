@@ -1,0 +1,124 @@
+"""Where REPL entries come from: a terminal (readline line editing, history file, tab completion
+of commands) or a pipe (line by line, no prompts); and how lines make one entry."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Protocol, TextIO
+
+PS1, PS2 = ">>> ", "... "
+BLOCK = '"""'
+
+
+class LineSource(Protocol):
+    interactive: bool
+
+    def read(self, prompt: str) -> str:
+        """One line without its newline; EOFError at the end of input."""
+        ...
+
+
+def read_entry(source: LineSource) -> str:
+    """One entry: a line, lines joined by a trailing backslash, or a block between triple
+    quotes. A line starting with / is a command and is never continued."""
+    line = source.read(PS1)
+    if line.startswith("/") and not line.startswith("//"):
+        return line
+    if line.lstrip().startswith(BLOCK):
+        body = line.lstrip()[len(BLOCK) :]
+        if body.rstrip().endswith(BLOCK):  # opened and closed on one line
+            return body.rstrip()[: -len(BLOCK)]
+        lines = [body] if body else []
+        while not (line := source.read(PS2)).rstrip().endswith(BLOCK):
+            lines.append(line)
+        if tail := line.rstrip()[: -len(BLOCK)]:
+            lines.append(tail)
+        return "\n".join(lines)
+    lines = []
+    while line.endswith("\\"):
+        lines.append(line[:-1])
+        line = source.read(PS2)
+    lines.append(line)
+    return "\n".join(lines)
+
+
+class PipedInput:
+    """Entries from a pipe or a file: no prompts, no line editing."""
+
+    interactive = False
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="replace")  # type: ignore[attr-defined]
+
+    def read(self, prompt: str) -> str:
+        line = self.stream.readline()
+        if not line:
+            raise EOFError
+        return line.removesuffix("\n").removesuffix("\r")
+
+    def close(self) -> None:
+        pass
+
+
+class TerminalInput:
+    """Entries typed at a terminal, with readline's line editing and history; the history file
+    is read at the start and written at the end. `completions` maps a line's first word to what
+    <Tab> offers for its second ("" to what it offers for the first): commands and their
+    arguments."""
+
+    interactive = True
+
+    def __init__(
+        self, history: Path | None, completions: dict[str, Iterable[str]] | None = None
+    ) -> None:
+        self.completions = completions or {}
+        try:
+            import readline
+        except ImportError:  # pragma: no cover - Python built without readline
+            readline = None
+        self.readline, self.history = readline, history
+        if readline is None:
+            return
+        readline.set_history_length(1000)
+        if history is not None and history.is_file():
+            with contextlib.suppress(OSError):
+                readline.read_history_file(history)
+        readline.set_completer_delims(" \t\n")
+        readline.set_completer(self._complete)
+        libedit = "libedit" in (readline.__doc__ or "")
+        readline.parse_and_bind("bind ^I rl_complete" if libedit else "tab: complete")
+
+    def read(self, prompt: str) -> str:
+        return input(prompt)
+
+    def close(self) -> None:
+        if self.readline is None or self.history is None:
+            return
+        with contextlib.suppress(OSError):
+            self.history.parent.mkdir(parents=True, exist_ok=True)
+            self.readline.write_history_file(self.history)
+
+    def _complete(self, text: str, state: int) -> str | None:
+        line = self.readline.get_line_buffer()
+        words = line.split(" ")
+        options = self.completions.get("" if len(words) == 1 else words[0], ())
+        if len(words) > 2:
+            options = ()
+        matches = [f"{o} " for o in options if o.startswith(text)]
+        return matches[state] if state < len(matches) else None
+
+
+def history_path() -> Path | None:
+    """$XDG_DATA_HOME/gpt2cli/history (~/.local/share/... by default); None when
+    GPT2_NO_HISTORY=1 asks for no history file."""
+    if os.environ.get("GPT2_NO_HISTORY", "") not in ("", "0"):
+        return None
+    base = os.environ.get("XDG_DATA_HOME", "")
+    if not os.path.isabs(base):  # unset or relative: the XDG default
+        base = "~/.local/share"
+    return Path(base).expanduser() / "gpt2cli" / "history"
