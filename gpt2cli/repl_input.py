@@ -23,26 +23,33 @@ class LineSource(Protocol):
 
 def read_entry(source: LineSource) -> str:
     """One entry: a line, lines joined by a trailing backslash, or a block between triple
-    quotes. A line starting with / is a command and is never continued."""
+    quotes. A line starting with / is a command and is never continued. At the end of piped
+    input, an entry left open is still an entry."""
     line = source.read(PS1)
     if line.startswith("/") and not line.startswith("//"):
         return line
-    if line.lstrip().startswith(BLOCK):
-        body = line.lstrip()[len(BLOCK) :]
-        if body.rstrip().endswith(BLOCK):  # opened and closed on one line
-            return body.rstrip()[: -len(BLOCK)]
-        lines = [body] if body else []
-        while not (line := source.read(PS2)).rstrip().endswith(BLOCK):
-            lines.append(line)
-        if tail := line.rstrip()[: -len(BLOCK)]:
-            lines.append(tail)
+    lines: list[str] = []
+    try:
+        if line.lstrip().startswith(BLOCK):
+            line = line.lstrip()[len(BLOCK) :]
+            if not line.rstrip().endswith(BLOCK):  # else opened and closed on one line
+                if line:
+                    lines.append(line)
+                while not (line := source.read(PS2)).rstrip().endswith(BLOCK):
+                    lines.append(line)
+            tail = line.rstrip()[: -len(BLOCK)]
+            if tail.strip():
+                lines.append(tail)
+            return "\n".join(lines)
+        while line.endswith("\\"):
+            lines.append(line[:-1])
+            line = source.read(PS2)
+        lines.append(line)
         return "\n".join(lines)
-    lines = []
-    while line.endswith("\\"):
-        lines.append(line[:-1])
-        line = source.read(PS2)
-    lines.append(line)
-    return "\n".join(lines)
+    except EOFError:
+        if source.interactive or not lines:
+            raise
+        return "\n".join(lines)
 
 
 class PipedInput:
@@ -102,6 +109,7 @@ class TerminalInput:
         with contextlib.suppress(OSError):
             self.history.parent.mkdir(parents=True, exist_ok=True)
             self.readline.write_history_file(self.history)
+            os.chmod(self.history, 0o600)  # prompts can be private, like a shell's history
 
     def _complete(self, text: str, state: int) -> str | None:
         line = self.readline.get_line_buffer()

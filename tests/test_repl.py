@@ -212,6 +212,17 @@ def test_read_entry(lines: list[str], entry: str) -> None:
     assert read_entry(Lines(*lines, "next")) == entry
 
 
+def test_read_entry_at_the_end_of_input() -> None:
+    assert read_entry(Lines('"""', "open", "block")) == "open\nblock"
+    assert read_entry(Lines("dangling \\")) == "dangling "
+    with pytest.raises(EOFError):
+        read_entry(Lines('"""'))
+    source = Lines('"""', "typed")
+    source.interactive = True  # Ctrl-D in a block at a terminal leaves
+    with pytest.raises(EOFError):
+        read_entry(source)
+
+
 def test_set_checks_like_the_flags() -> None:
     s = updated(Settings(), "temperature", "0.25")
     s = updated(s, "top-k", " 5 ")
