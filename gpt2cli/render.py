@@ -22,7 +22,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 from rich.console import Console
 from rich.control import Control, ControlType
@@ -55,11 +55,38 @@ def stats_line(c: Completion, label: str = "") -> str:
     return f"{label}{line}"
 
 
-def completion_json(c: Completion) -> str:
+def completion_json(c: Completion, tokens: list[dict] | None = None) -> str:
     record = {name: getattr(c, name) for name in JSON_FIELDS}
     for name in ("time_to_first_token_s", "tokens_per_s"):
         record[name] = round(record[name], 4)
+    if tokens is not None:
+        record["tokens"] = tokens
     return json.dumps(record, ensure_ascii=False)
+
+
+def token_records(deltas: Iterable[Delta], token_text: Callable[[int], str]) -> list[dict]:
+    """`{text, id, logprob}` (and `top`: the likeliest alternatives, same shape) per token."""
+
+    def record(token: int, logprob: float | None) -> dict:
+        return {"text": token_text(token), "id": token, "logprob": logprob}
+
+    out = []
+    for d in deltas:
+        if d.token_id is None:
+            continue
+        entry = record(d.token_id, d.logprob)
+        if d.top is not None:
+            entry["top"] = [record(i, lp) for i, lp in d.top]
+        out.append(entry)
+    return out
+
+
+class DeltaSpans(Protocol):
+    """Colours a generation's text piece by piece (see gpt2cli/probs.py's TokenColourer)."""
+
+    def reset(self) -> None: ...
+
+    def spans(self, delta: Delta) -> list[tuple[str, StyleType | None]]: ...
 
 
 class Renderer:
@@ -68,7 +95,9 @@ class Renderer:
     mode: "terminal", "plain" or "json"; None picks json when `json_output`, else terminal when
     stdout is a terminal, else plain. echo: show the prompt before the continuation (default: on
     a terminal only). stats: the stats line on stderr (default: on a terminal or with verbose).
-    delta_style: optional style per Delta on a terminal (e.g. colour by logprob)."""
+    delta_style: optional style per Delta on a terminal. delta_spans: optional colouring of each
+    Delta's text in pieces on a terminal (e.g. by token probability; it wins over delta_style).
+    token_text: when given, each JSON record carries a `tokens` list (see `token_records`)."""
 
     def __init__(
         self,
@@ -83,6 +112,8 @@ class Renderer:
         console: Console | None = None,
         err_console: Console | None = None,
         delta_style: Callable[[Delta], StyleType | None] | None = None,
+        delta_spans: DeltaSpans | None = None,
+        token_text: Callable[[int], str] | None = None,
     ) -> None:
         self.out = out if out is not None else sys.stdout
         if mode is None:
@@ -99,6 +130,8 @@ class Renderer:
         )
         self.writer = WrappingWriter(self.console)
         self.delta_style = delta_style
+        self.delta_spans = delta_spans
+        self.token_text = token_text
         self.interrupted = False
 
     # -- messages on stderr ----------------------------------------------------------------
@@ -120,6 +153,8 @@ class Renderer:
         from gpt2cli.engine import Delta, Finish, Start
 
         self.interrupted = False
+        if self.delta_spans is not None:
+            self.delta_spans.reset()
         run = _Run(prompt, model)
         try:
             for event in events:
@@ -173,6 +208,10 @@ class Renderer:
             self._delta(delta)
 
     def _delta(self, delta: Delta) -> None:
+        if self.mode == "terminal" and self.delta_spans is not None:
+            for text, style in self.delta_spans.spans(delta):  # sees every delta, even ""
+                self.writer.write(text, style)
+            return
         if not delta.text:
             return
         if self.mode == "terminal":
@@ -190,7 +229,10 @@ class Renderer:
             self.out.write("\n")
             self.out.flush()
         else:
-            self.out.write(completion_json(completion) + "\n")
+            tokens = None
+            if self.token_text is not None:
+                tokens = token_records(run.deltas.get(len(run.shown) - 1, []), self.token_text)
+            self.out.write(completion_json(completion, tokens) + "\n")
             self.out.flush()
         if self.show_stats:
             label = f"sample {len(run.shown)}/{run.samples}: " if run.samples > 1 else ""
@@ -209,6 +251,7 @@ class _Run:
         self.finished: dict[int, Completion] = {}
         self.shown: list[Completion] = []
         self.texts: dict[int, list[str]] = {}
+        self.deltas: dict[int, list[Delta]] = {}  # every delta, per sample (for JSON tokens)
         self.tokens: dict[int, int] = {}
         self.t_start = time.perf_counter()
         self.t_first: float | None = None
@@ -219,6 +262,7 @@ class _Run:
 
     def add(self, delta: Delta) -> None:
         self.texts.setdefault(delta.sample, []).append(delta.text)
+        self.deltas.setdefault(delta.sample, []).append(delta)
         if delta.token_id is not None:
             self.tokens[delta.sample] = self.tokens.get(delta.sample, 0) + 1
             if self.t_first is None:

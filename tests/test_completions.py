@@ -69,7 +69,7 @@ def bash_complete(words: str) -> tuple[list[str], set[str]]:
 
 def test_completion_answers_without_torch() -> None:
     options, modules = bash_complete("gpt2 generate --to")
-    assert options == ["--top-k", "--top-p"]
+    assert options == ["--top-k", "--top-p", "--top-candidates"]
     assert no_torch(modules)
 
 

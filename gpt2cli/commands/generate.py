@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from gpt2cli.commands import options
+
+if TYPE_CHECKING:
+    from gpt2cli.engine import Completion, LoadedModel
+    from gpt2cli.render import Renderer
+    from gpt2cli.sampling import SamplingParams
 
 HELP = (
     "Continue a prompt with GPT-2, streaming the text as it is decoded.\n\n"
@@ -17,7 +22,9 @@ HELP = (
     "GPT-2 writes an unconditional sample, starting from <|endoftext|>.\n\n"
     "On a terminal the prompt is shown dim, then the continuation, then a stats line on stderr. "
     "On a pipe only the continuation is written, as plain text; --json writes one JSON object "
-    "per sample."
+    "per sample.\n\n"
+    "--show-probs colours each token by its probability; --top-candidates N shows, after the "
+    "text, the N most likely tokens at each step and which one was sampled."
 )
 
 EPILOG = """[bold]Examples[/bold]
@@ -27,6 +34,7 @@ EPILOG = """[bold]Examples[/bold]
   cat notes.txt | gpt2 generate "In summary:" --stop "\\n\\n"
   echo "Q: What is GPT-2?" | gpt2 generate --json --samples 3 | jq -r .text
   gpt2 generate -m ./my-finetuned-gpt2 --device cpu --dtype float32 "Hello"
+  gpt2 generate --show-probs --top-candidates 10 --explain-steps 3 "The capital of France is"
 """
 
 
@@ -78,6 +86,9 @@ def generate(
             rich_help_panel=options.OUTPUT_PANEL,
         ),
     ] = False,
+    show_probs: options.ShowProbs = False,
+    top_candidates: options.TopCandidates = None,
+    explain_steps: options.ExplainSteps = None,
     verbose: options.Verbose = False,
     debug: options.Debug = False,
 ) -> None:
@@ -86,6 +97,7 @@ def generate(
     options.check_count("max_tokens", max_tokens)
     options.check_count("samples", samples)
     stops = options.stop_strings(stop)
+    candidates = options.check_candidates(top_candidates, explain_steps)
     choice = options.ModelChoice(model, device, dtype, revision, offline, threads)
 
     from gpt2cli.io import read_prompt, silence_stdout
@@ -112,6 +124,12 @@ def generate(
             )
         from gpt2cli.engine import generate as run
 
+        top_logprobs = 0
+        if renderer.mode == "json" and (show_probs or candidates):
+            renderer.token_text = lm.tokenizer.token_text
+            top_logprobs = candidates or 5
+        elif show_probs and renderer.mode == "terminal":
+            _colour_tokens(renderer, lm)
         events = run(
             lm,
             text.text,
@@ -120,8 +138,12 @@ def generate(
             stop=stops,
             ignore_eos=ignore_eos,
             samples=samples,
+            logprobs=show_probs,
+            top_logprobs=top_logprobs,
         )
-        renderer.render(events, prompt=text.text, model=lm.name)
+        shown = renderer.render(events, prompt=text.text, model=lm.name)
+        if candidates and renderer.mode != "json" and not renderer.interrupted:
+            _explain(renderer, lm, text.text, params, shown, candidates, explain_steps)
     except KeyboardInterrupt:  # before decoding started (importing torch, loading weights)
         renderer.interrupted = True
         renderer.err_console.print()
@@ -130,6 +152,51 @@ def generate(
         raise typer.Exit(141) from None
     if renderer.interrupted:
         raise typer.Exit(130)
+
+
+def _colour_tokens(renderer: Renderer, lm: LoadedModel) -> None:
+    """Colour the streamed tokens by probability, and show the scale on stderr (when the
+    terminal shows colour at all)."""
+    console = renderer.console
+    if console.no_color or console.color_system is None:
+        return
+    from gpt2cli.probs import TokenColourer, legend
+
+    renderer.delta_spans = TokenColourer(lm.tokenizer)
+    renderer.err_console.print(legend())
+
+
+def _explain(
+    renderer: Renderer,
+    lm: LoadedModel,
+    prompt: str,
+    params: SamplingParams,
+    shown: list[Completion],
+    top_n: int,
+    steps: int | None,
+) -> None:
+    """The candidate tables after the text: for each sample, its first `steps` tokens."""
+    from rich.text import Text
+
+    from gpt2cli.probs import print_candidates
+    from gpt2cli.scoring import candidate_steps
+
+    plain = renderer.mode == "plain"
+    tok = lm.tokenizer
+    for i, completion in enumerate(shown):
+        context = (tok.encode(prompt) or [tok.eot_id])[-completion.prompt_tokens :]
+        sampled: list[int | None] = list(completion.token_ids)
+        if completion.finish_reason == "eos":
+            sampled.append(tok.eot_id)  # the step that picked <|endoftext|>
+        if len(shown) > 1:
+            label = f"sample {i + 1}/{len(shown)}"
+            if plain:
+                renderer.out.write(f"\n== {label} ==\n")
+            else:
+                renderer.console.print()
+                renderer.console.rule(Text(label), style="dim")
+        table = candidate_steps(lm, context, sampled[:steps], params, top_n)
+        print_candidates(renderer.console, table, plain)
 
 
 def register(app: typer.Typer) -> None:

@@ -32,6 +32,8 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 MODEL_PANEL = "Model"
 SAMPLING_PANEL = "Sampling"
 OUTPUT_PANEL = "Output"
+PROBS_PANEL = "Probabilities"
+MAX_CANDIDATES = 20
 
 _debug = bool(os.environ.get("GPT2_DEBUG"))
 
@@ -173,6 +175,37 @@ IgnoreEos = Annotated[
         rich_help_panel=SAMPLING_PANEL,
     ),
 ]
+ShowProbs = Annotated[
+    bool,
+    typer.Option(
+        "--show-probs",
+        help="Colour each generated token by the probability it was sampled with (legend on "
+        "stderr); with --json, add a tokens list: text, id, logprob and the top alternatives.",
+        rich_help_panel=PROBS_PANEL,
+    ),
+]
+TopCandidates = Annotated[
+    int | None,
+    typer.Option(
+        "--top-candidates",
+        help=f"After the text, a table per generated token of the N (1 to {MAX_CANDIDATES}) most "
+        "likely tokens, marking the sampled one and the top-k/top-p cut.",
+        metavar="N",
+        show_default=False,
+        rich_help_panel=PROBS_PANEL,
+    ),
+]
+ExplainSteps = Annotated[
+    int | None,
+    typer.Option(
+        "--explain-steps",
+        help="Candidate tables for the first M generated tokens only (default: all; alone, it "
+        "shows 5 candidates).",
+        metavar="M",
+        show_default=False,
+        rich_help_panel=PROBS_PANEL,
+    ),
+]
 Verbose = Annotated[
     bool,
     typer.Option(
@@ -219,6 +252,20 @@ def sampling_params(
         repetition_penalty=repetition_penalty,
         seed=seed,
     )
+
+
+def check_candidates(top_candidates: int | None, explain_steps: int | None) -> int:
+    """The number of candidates to show per token (0: no tables), from --top-candidates and
+    --explain-steps (which alone means 5)."""
+    if top_candidates is not None and not 1 <= top_candidates <= MAX_CANDIDATES:
+        raise ParamError(
+            "top_candidates", f"must be an integer in [1, {MAX_CANDIDATES}], got {top_candidates}"
+        )
+    if explain_steps is not None and explain_steps < 1:
+        raise ParamError("explain_steps", f"must be an integer >= 1, got {explain_steps}")
+    if top_candidates is None:
+        return 5 if explain_steps is not None else 0
+    return top_candidates
 
 
 def check_count(name: str, value: int) -> int:

@@ -1,0 +1,162 @@
+"""`gpt2 score`: how likely GPT-2 finds a text: its perplexity, and token by token."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from gpt2cli.commands import options
+from gpt2cli.errors import ParamError, UsageError
+
+if TYPE_CHECKING:
+    from gpt2cli.engine import LoadedModel
+    from gpt2cli.scoring import TextScore
+
+HELP = (
+    "Score a text with GPT-2: its perplexity, exp(mean negative log-likelihood per token); "
+    "lower means the model finds the text more likely.\n\n"
+    "The text is the TEXT argument, text piped on stdin ([bold]-[/bold] reads stdin "
+    "explicitly), or both (stdin, a newline, then the argument). It is scored after "
+    "<|endoftext|>, so its first token is scored too (--no-bos leaves the first token "
+    "unscored). A text longer than the model's window is scored with a sliding window: windows "
+    "start every --stride tokens, and each token is scored once, with up to window - 1 tokens "
+    "of context.\n\n"
+    "--tokens adds a table of every token's log-probability, coloured on a terminal as "
+    "generate --show-probs colours tokens; --json writes one JSON object for scripts."
+)
+
+EPILOG = """[bold]Examples[/bold]
+
+  gpt2 score "The quick brown fox jumps over the lazy dog."
+  gpt2 score --tokens "Colorless green ideas sleep furiously."
+  cat essay.txt | gpt2 score -m medium --stride 256 --json | jq .perplexity
+"""
+
+
+def score(
+    text: Annotated[
+        str | None,
+        typer.Argument(help="Text to score; - reads stdin.", metavar="TEXT", show_default=False),
+    ] = None,
+    model: options.Model = "small",
+    tokens: Annotated[
+        bool,
+        typer.Option(
+            "--tokens",
+            help="A table of every token: id, log-probability and probability.",
+            rich_help_panel=options.OUTPUT_PANEL,
+        ),
+    ] = False,
+    stride: Annotated[
+        int | None,
+        typer.Option(
+            "--stride",
+            help="For texts longer than the window: a new window every N tokens, in "
+            "[1, window - 1] (default: half the window).",
+            metavar="N",
+            show_default=False,
+            rich_help_panel=options.PROBS_PANEL,
+        ),
+    ] = None,
+    bos: Annotated[
+        bool,
+        typer.Option(
+            "--bos/--no-bos",
+            help="Score the text after <|endoftext|>, so that its first token is scored too.",
+            rich_help_panel=options.PROBS_PANEL,
+        ),
+    ] = True,
+    device: options.Device = "auto",
+    dtype: options.Dtype = "auto",
+    revision: options.Revision = None,
+    offline: options.Offline = False,
+    threads: options.Threads = None,
+    json_output: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="One JSON object on stdout: perplexity, nll, tokens_scored, window, stride, "
+            "windows, bos, model (and tokens, with --tokens).",
+            rich_help_panel=options.OUTPUT_PANEL,
+        ),
+    ] = False,
+    verbose: options.Verbose = False,
+    debug: options.Debug = False,
+) -> None:
+    if stride is not None and stride < 1:
+        raise ParamError("stride", f"must be an integer >= 1, got {stride}")
+    choice = options.ModelChoice(model, device, dtype, revision, offline, threads)
+
+    from rich.console import Console
+    from rich.text import Text
+
+    from gpt2cli.io import read_prompt
+    from gpt2cli.render import loading
+
+    for stream in (sys.stdout, sys.stderr):  # a non-UTF-8 locale must not end the run
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="replace")
+    out = Console(file=sys.stdout, highlight=False, markup=False, emoji=False)
+    err = Console(file=sys.stderr, highlight=False, markup=False, emoji=False)
+    source = read_prompt(text)
+    for warning in source.warnings:
+        err.print(Text(f"gpt2: warning: {warning}", style="yellow"), soft_wrap=True)
+    if not source.text:
+        raise UsageError("nothing to score: give TEXT, or pipe text on stdin")
+
+    with loading(model):
+        choice.check_device()  # before a download that would be wasted
+    folder = choice.resolve()  # may download, showing its own progress
+    with loading(model):
+        lm = choice.load(folder)
+    if verbose:
+        dtype_name = str(lm.dtype).removeprefix("torch.")
+        err.print(
+            Text(f"model {lm.name} ({lm.path}) on {lm.device}, {dtype_name}", style="dim"),
+            soft_wrap=True,
+        )
+
+    from gpt2cli.scoring import score_text
+
+    result = score_text(lm, source.text, stride=stride, bos=bos)
+    if json_output:
+        sys.stdout.write(json.dumps(score_record(result, lm, tokens), ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+        return
+
+    from gpt2cli.probs import print_score_tokens, score_summary
+
+    if tokens:
+        print_score_tokens(out, result, plain=not out.is_terminal)
+    out.print(Text(score_summary(result)), soft_wrap=True)
+
+
+def score_record(result: TextScore, lm: LoadedModel, tokens: bool) -> dict:
+    record: dict = {
+        "perplexity": result.perplexity,
+        "nll": result.nll,
+        "tokens_scored": result.scored,
+        "window": result.window,
+        "stride": result.stride,
+        "windows": result.windows,
+        "bos": result.bos,
+        "model": lm.name,
+    }
+    if tokens:
+        record["tokens"] = [
+            {"text": t.text, "id": t.id, "logprob": t.logprob} for t in result.tokens
+        ]
+    return record
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "score",
+        help=HELP,
+        epilog=EPILOG,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )(score)

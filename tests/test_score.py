@@ -1,0 +1,157 @@
+"""`gpt2 score`: perplexity and per-token logprobs against transformers on the tiny checkpoint
+(128-token window), for a text inside the window and one scored with a sliding window."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pexpect
+import pytest
+import torch
+from cli_helpers import ESCAPE, assert_one_line_error, gpt2, gpt2_argv
+
+from gpt2cli.engine import load_model
+from gpt2cli.scoring import score_ids
+
+SHORT = "The quick brown fox jumps over the lazy dog."
+LONG = "Once upon a time, in a land far away, there lived a curious student. " * 20
+COLOUR = re.compile(r"\x1b\[[0-9;]*(3[0-7]|9[0-7]|38;5;\d+)m")
+
+
+@pytest.fixture(scope="module")
+def oracle(tiny_checkpoint: Path):
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    return transformers.GPT2LMHeadModel.from_pretrained(str(tiny_checkpoint)).eval()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_checkpoint: Path):
+    from gpt2cli.tokenizer import Tokenizer
+
+    return Tokenizer.from_folder(tiny_checkpoint)
+
+
+def reference_nlls(oracle, ids: list[int], window: int, stride: int) -> list[float]:
+    """The Hugging Face perplexity guide's sliding window, with transformers' own loss: windows
+    start every `stride` tokens, and only tokens not scored by an earlier window count."""
+    total, counts, prev_end = [], 0, 0
+    for begin in range(0, len(ids), stride):
+        end = min(begin + window, len(ids))
+        trg_len = end - prev_end
+        input_ids = torch.tensor([ids[begin:end]])
+        target = input_ids.clone()
+        target[:, :-trg_len] = -100
+        with torch.no_grad():
+            loss = oracle(input_ids, labels=target).loss.item()  # mean over shifted labels
+        n = int((target[:, 1:] != -100).sum())
+        total.append(loss * n)
+        counts += n
+        prev_end = end
+        if end == len(ids):
+            break
+    return [math.fsum(total), counts]
+
+
+def score(ckpt: Path, *args: str, **kwargs) -> subprocess.CompletedProcess[str]:
+    return gpt2("score", "-m", str(ckpt), "--device", "cpu", *args, **kwargs)
+
+
+def test_short_text_matches_transformers(oracle, tokenizer, tiny_checkpoint: Path) -> None:
+    proc = score(tiny_checkpoint, "--json", "--tokens", SHORT)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)
+    ids = [tokenizer.eot_id, *tokenizer.encode(SHORT)]  # scored after <|endoftext|>
+    assert len(ids) < 128 and record["windows"] == 1 and record["bos"] is True
+    with torch.no_grad():
+        nll = oracle(torch.tensor([ids]), labels=torch.tensor([ids])).loss.item()
+        logp = torch.log_softmax(oracle(torch.tensor([ids])).logits[0], dim=-1)
+    assert record["tokens_scored"] == len(ids) - 1
+    assert record["nll"] == pytest.approx(nll, rel=1e-5)
+    assert record["perplexity"] == pytest.approx(math.exp(nll), rel=1e-5)
+    assert [t["id"] for t in record["tokens"]] == ids[1:]
+    expected = [logp[i, ids[i + 1]].item() for i in range(len(ids) - 1)]
+    assert [t["logprob"] for t in record["tokens"]] == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize(("stride", "bos"), [(48, False), (127, True)])
+def test_long_text_sliding_window_matches_transformers(
+    oracle, tokenizer, tiny_checkpoint: Path, stride: int, bos: bool
+) -> None:
+    ids = [tokenizer.eot_id] * bos + tokenizer.encode(LONG)
+    assert len(ids) > 2 * 128
+    flag = "--bos" if bos else "--no-bos"
+    proc = score(tiny_checkpoint, "--json", flag, "--stride", str(stride), "-", input=LONG)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)
+    total, count = reference_nlls(oracle, ids, 128, stride)
+    assert count == len(ids) - 1  # every token but the first (BOS or not), each once
+    assert record["tokens_scored"] == count and record["stride"] == stride
+    assert record["windows"] > 2
+    assert record["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-5)
+
+
+def test_each_token_scored_once_with_its_window_context(tiny_checkpoint: Path) -> None:
+    lm = load_model(str(tiny_checkpoint), device="cpu")
+    ids = lm.tokenizer.encode(LONG)[:300]
+    logprobs, windows = score_ids(lm, ids, stride=100)
+    assert logprobs[0] is None and all(lp is not None for lp in logprobs[1:])
+    assert windows == 3  # windows at 0, 100 and 200 reach the end (300)
+    # token 200 is scored in the window starting at 100: 100 tokens of context
+    alone, _ = score_ids(lm, ids[100:201], stride=100)
+    assert logprobs[200] == pytest.approx(alone[-1], abs=1e-5)
+
+
+def test_tokens_table_on_a_pipe_is_plain(tokenizer, tiny_checkpoint: Path) -> None:
+    proc = score(tiny_checkpoint, "--tokens", input=SHORT)
+    assert proc.returncode == 0, proc.stderr
+    assert ESCAPE not in proc.stdout and proc.stderr == ""
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["#", "token", "id", "logprob", "p", "bar"]
+    ids = tokenizer.encode(SHORT)
+    assert len(lines) == 1 + len(ids) + 1
+    assert [int(line.split()[0]) for line in lines[1:-1]] == list(range(len(ids)))
+    assert lines[1].split()[1:3] == [json.dumps(tokenizer.token_text(ids[0])), str(ids[0])]
+    assert lines[-1].startswith("perplexity ") and f"{len(ids)} tokens scored" in lines[-1]
+
+
+def spawn(*args: str, env: dict[str, str] | None = None) -> str:
+    argv = gpt2_argv(*args)
+    env = {**os.environ, "COLUMNS": "100", "LINES": "50", "TERM": "xterm-256color", **(env or {})}
+    child = pexpect.spawn(argv[0], argv[1:], env=env, dimensions=(50, 100), encoding="utf-8")
+    child.expect(pexpect.EOF, timeout=60)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    return child.before
+
+
+def test_terminal_tokens_coloured_unless_no_color(tiny_checkpoint: Path) -> None:
+    args = ["score", "-m", str(tiny_checkpoint), "--device", "cpu", "--tokens", SHORT]
+    assert COLOUR.search(spawn(*args))
+    plain = spawn(*args, env={"NO_COLOR": "1"})
+    assert not COLOUR.search(plain) and '" quick"' in plain and "perplexity" in plain
+
+
+def test_errors(tiny_checkpoint: Path) -> None:
+    assert_one_line_error(score(tiny_checkpoint, "--stride", "0", "x"), 2, "--stride")
+    assert_one_line_error(score(tiny_checkpoint, "--stride", "128", "x"), 2, "--stride", "127")
+    assert_one_line_error(score(tiny_checkpoint), 2, "nothing to score")
+
+
+def test_score_help_does_not_import_torch() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "gpt2cli", "score", "--help"],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+    assert "Usage" in proc.stdout and "--stride" in proc.stdout
+    assert not re.search(r"\|\s+torch(\.|$)", proc.stderr, re.M)
