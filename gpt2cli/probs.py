@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from rich import box
+from rich.cells import cell_len
 from rich.console import Console
 from rich.style import Style
 from rich.table import Table
@@ -46,6 +47,11 @@ def prob_style(prob: float | None) -> Style | None:
 
 def logprob_style(logprob: float | None) -> Style | None:
     return None if logprob is None else prob_style(math.exp(logprob))
+
+
+def shows_colour(console: Console) -> bool:
+    """Whether `console` shows colour at all (a colour terminal, and no NO_COLOR)."""
+    return console.is_terminal and not console.no_color and console.color_system is not None
 
 
 def legend() -> Text:
@@ -212,15 +218,14 @@ def candidate_lines(step: CandidateStep) -> list[str]:
 def _align(rows: Sequence[Sequence[str]], right: set[int]) -> list[str]:
     """Columns padded to their widest cell; a row whose first cell starts with - or . spans."""
     grid = [r for r in rows if not r[0].startswith(("--", "..."))]
-    widths = [max(len(r[i]) for r in grid) for i in range(len(rows[0]))]
+    widths = [max(cell_len(r[i]) for r in grid) for i in range(len(rows[0]))]
     out = []
     for r in rows:
         if r[0].startswith(("--", "...")):
             out.append("  " + r[0])
             continue
-        cells = [
-            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))
-        ]
+        pads = [" " * (w - cell_len(c)) for c, w in zip(r, widths)]  # wide CJK characters
+        cells = [p + c if i in right else c + p for i, (c, p) in enumerate(zip(r, pads))]
         out.append(("  " + "  ".join(cells)).rstrip())
     return out
 

@@ -137,3 +137,45 @@ def _save(session: Session, args: str) -> None:
 @command("quit", "/quit, /exit", "leave", "exit")
 def _quit(session: Session, args: str) -> None:
     session.running = False
+
+
+EXPLAIN_CANDIDATES = 10
+
+
+@command("probs", "/probs on|off", "colour each generated token by its probability")
+def _probs(session: Session, args: str) -> None:
+    from gpt2cli.probs import TokenColourer, legend, shows_colour
+
+    value = args.strip().lower()
+    if value not in ("on", "off"):
+        raise UsageError("usage: /probs on|off")
+    renderer = session.renderer
+    renderer.delta_spans = None
+    session.engine_options.pop("logprobs", None)
+    if value == "off":
+        session.say("probabilities: off", "dim")
+    elif renderer.mode != "terminal" or not shows_colour(renderer.console):
+        session.say("probabilities: the colours show on a colour terminal only", "dim")
+    else:
+
+        class Colourer(TokenColourer):
+            def reset(self) -> None:
+                self.tokenizer = session.lm.tokenizer  # the model may have been switched
+                super().reset()
+
+        renderer.delta_spans = Colourer(session.lm.tokenizer)
+        session.engine_options["logprobs"] = True
+        renderer.err_console.print(legend())
+
+
+@command("explain", "/explain [TEXT]", "the likeliest next tokens after the running text or TEXT")
+def _explain(session: Session, args: str) -> None:
+    from gpt2cli.probs import print_candidates
+    from gpt2cli.scoring import candidate_steps
+
+    text = session.prompt_for(args) if args else session.context
+    context = session.lm.tokenizer.encode(text)
+    params = session.settings.params
+    steps = candidate_steps(session.lm, context, [None], params, EXPLAIN_CANDIDATES)
+    console = session.renderer.err_console  # like every message: stdout is the model's text
+    print_candidates(console, steps, plain=not console.is_terminal)

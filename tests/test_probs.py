@@ -80,7 +80,7 @@ def parse_tables(text: str) -> list[dict]:
     tables = []
     for block in text.split("\n\n"):
         lines = block.strip("\n").splitlines()
-        if not lines or not lines[0].startswith("step "):
+        if not lines or not lines[0].startswith(("step ", "next token")):
             continue
         table: dict = {"title": lines[0], "rows": [], "sampled": [], "cut_after": None}
         for line in lines[1:]:
@@ -205,3 +205,53 @@ def test_no_colour_with_no_color_or_on_a_pipe(lm: LoadedModel, tiny_checkpoint: 
 )
 def test_bad_probability_flags_exit_2(args: list[str], flag: str) -> None:
     assert_one_line_error(gpt2("generate", "-m", "./no-such-model", *args, "Hi"), 2, flag)
+
+
+def test_repl_explain_and_probs_piped(lm, oracle, tiny_checkpoint: Path) -> None:
+    """/explain shows the next token's candidates (on stderr, like every REPL message) for the
+    running text or the given text; /probs is refused politely on a pipe."""
+    script = "Hello\n/explain\n/explain  world\n/probs on\n/probs maybe\n/probs off\nHi\n"
+    proc = gpt2("repl", "-m", str(tiny_checkpoint), "--device", "cpu", "-n", "5", "-s", "1",
+                "-k", "3", input=script)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    params = SamplingParams(seed=1, top_k=3)
+    first = complete(lm, "Hello", params, max_tokens=5)[0].text
+    assert proc.stdout == first + "\n" + complete(lm, "Hi", params, max_tokens=5)[0].text + "\n"
+    assert ESCAPE not in proc.stdout + proc.stderr
+    tables = parse_tables(proc.stderr)
+    assert [t["title"] for t in tables] == ["next token", "next token"]
+    for table, text in zip(tables, ["Hello" + first, " world"]):
+        ids = lm.tokenizer.encode(text)
+        best = torch.topk(reference_logprobs(oracle, ids)[-1], 10)
+        assert [r[2] for r in table["rows"]] == best.indices.tolist()
+        expected_pct = [100 * math.exp(v) for v in best.values.tolist()]
+        assert [r[3] for r in table["rows"]] == pytest.approx(expected_pct, abs=0.006)
+        assert table["cut_after"] == 3 and table["sampled"] == []
+    assert "colour terminal only" in proc.stderr and "usage: /probs on|off" in proc.stderr
+
+
+def test_repl_probs_toggle_on_a_terminal(tiny_checkpoint: Path) -> None:
+    argv = gpt2_argv("repl", "-m", str(tiny_checkpoint), "--device", "cpu", "-n", "8", "-s", "3")
+    env = {**os.environ, "TERM": "xterm-256color"}
+    child = pexpect.spawn(argv[0], argv[1:], env=env, encoding="utf-8", dimensions=(40, 120))
+    child.expect_exact(">>> ", timeout=60)
+    child.sendline("/probs on")
+    child.expect_exact("token probability:")
+    child.expect_exact(">>> ")
+    child.sendline("Hello")
+    child.expect(r"tokens · .* seed 3")
+    assert COLOUR.search(child.before), "tokens coloured with /probs on"
+    child.expect_exact(">>> ")
+    child.sendline("/probs off")
+    child.expect_exact("probabilities: off")
+    child.expect_exact(">>> ")
+    child.sendline("Hello")
+    child.expect(r"tokens · .* seed 3")
+    assert not COLOUR.search(child.before.split("Hello", 1)[1]), "no colour with /probs off"
+    child.expect_exact(">>> ")
+    child.sendline("/explain")
+    child.expect_exact("next token")
+    child.expect_exact("kept 40 tokens for sampling")
+    child.expect_exact(">>> ")
+    child.sendline("/quit")
+    child.expect(pexpect.EOF, timeout=30)

@@ -157,10 +157,10 @@ def generate(
 def _colour_tokens(renderer: Renderer, lm: LoadedModel) -> None:
     """Colour the streamed tokens by probability, and show the scale on stderr (when the
     terminal shows colour at all)."""
-    console = renderer.console
-    if console.no_color or console.color_system is None:
+    from gpt2cli.probs import TokenColourer, legend, shows_colour
+
+    if not shows_colour(renderer.console):
         return
-    from gpt2cli.probs import TokenColourer, legend
 
     renderer.delta_spans = TokenColourer(lm.tokenizer)
     renderer.err_console.print(legend())
