@@ -63,6 +63,12 @@ def legend() -> Text:
     return text
 
 
+def print_legend(console: Console) -> None:
+    """The legend on `console` (stderr), unless it would show no colour (a log file, NO_COLOR)."""
+    if shows_colour(console):
+        console.print(legend())
+
+
 class TokenColourer:
     """Splits each Delta's text into spans coloured by the probability of the token that made
     them. Deltas can release text later than the token that made it (a character split over

@@ -144,7 +144,7 @@ EXPLAIN_CANDIDATES = 10
 
 @command("probs", "/probs on|off", "colour each generated token by its probability")
 def _probs(session: Session, args: str) -> None:
-    from gpt2cli.probs import TokenColourer, legend, shows_colour
+    from gpt2cli.probs import TokenColourer, print_legend, shows_colour
 
     value = args.strip().lower()
     if value not in ("on", "off"):
@@ -165,7 +165,7 @@ def _probs(session: Session, args: str) -> None:
 
         renderer.delta_spans = Colourer(session.lm.tokenizer)
         session.engine_options["logprobs"] = True
-        renderer.err_console.print(legend())
+        print_legend(renderer.err_console)
 
 
 @command("explain", "/explain [TEXT]", "the likeliest next tokens after the running text or TEXT")

@@ -157,13 +157,13 @@ def generate(
 def _colour_tokens(renderer: Renderer, lm: LoadedModel) -> None:
     """Colour the streamed tokens by probability, and show the scale on stderr (when the
     terminal shows colour at all)."""
-    from gpt2cli.probs import TokenColourer, legend, shows_colour
+    from gpt2cli.probs import TokenColourer, print_legend, shows_colour
 
     if not shows_colour(renderer.console):
         return
 
     renderer.delta_spans = TokenColourer(lm.tokenizer)
-    renderer.err_console.print(legend())
+    print_legend(renderer.err_console)
 
 
 def _explain(
