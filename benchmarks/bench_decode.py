@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import checkpoint, median  # noqa: E402
 
 PROMPT = "The meaning of life is"
+HWM = "print(int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) / 1024)"
 
 
 def ours_run(lm, tokens: int, samples: int = 1, prompt: str = PROMPT) -> tuple[float, float]:
@@ -62,16 +63,16 @@ def transformers_run(model, ids, tokens: int) -> float:
 
 def rss_child(folder: Path, dtype: str, tokens: int) -> dict:
     """Peak RSS of a process that loads and generates, and of one that only imports torch.
-    Run before this process grows: Linux children inherit the parent's peak RSS at fork."""
+    VmHWM, not ru_maxrss: a child's ru_maxrss includes its parent's peak at fork."""
     root = str(Path(__file__).resolve().parent.parent)
     code = (
-        f"import sys, resource; sys.path.insert(0, {root!r});"
+        f"import sys; sys.path.insert(0, {root!r});"
         "import torch; from gpt2cli import load_model, complete, SamplingParams;"
         f"lm = load_model({str(folder)!r}, device='cpu', dtype={dtype!r});"
         f"complete(lm, 'Hello', SamplingParams(seed=0), max_tokens={tokens}, ignore_eos=True);"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+        f"{HWM}"
     )
-    bare = "import resource, torch; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024)"
+    bare = f"import torch; {HWM}"
     run = lambda c: float(subprocess.check_output([sys.executable, "-c", c], text=True))  # noqa: E731
     peak, torch_only = run(code), run(bare)
     size_mb = (folder / "model.safetensors").stat().st_size / 2**20

@@ -9,13 +9,14 @@ plain reads (see tensorfile.py) straight into the model, so two full copies neve
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from gpt2cli.errors import CheckpointError
-from gpt2cli.model import GPT2, GPT2Config, prefer_in_out
+from gpt2cli.model import GPT2, GPT2Config, Layout, Linear, choose_layout
 from gpt2cli.tensorfile import TensorFile, TensorFileError, TensorInfo
 
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
@@ -119,10 +120,10 @@ def load_checkpoint(
     *,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
-    in_out: bool | None = None,
+    layout: Layout | None = None,
 ) -> GPT2:
-    """Build the GPT2 module of `folder` on `device` in `dtype`, in eval mode. `in_out` picks the
-    weight layout (default: the faster one for this device and dtype, see model.py)."""
+    """Build the GPT2 module of `folder` on `device` in `dtype`, in eval mode. `layout` picks how
+    weights are stored (default: the fastest for this device and dtype, see model.py)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder} is not a folder")
@@ -143,23 +144,36 @@ def load_checkpoint(
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise CheckpointError(f"checkpoint lacks tensor {missing[0]!r}{more}")
 
-    if in_out is None:
-        in_out = prefer_in_out(device, dtype)
+    layout = layout or choose_layout(device, dtype)
     with torch.device("meta"):
-        model = GPT2(cfg, in_out=in_out)
+        model = GPT2(cfg, layout)
+    # Prepacked (oneDNN) weights are copies: read and transpose those through two reused
+    # buffers, so freed temporaries do not pile up in the C heap and inflate resident memory.
+    scratch = scratch_t = None
+    if layout.linear == "onednn":
+        linear = [i for n, (_, i) in tensors.items() if n.startswith("h.") and len(i.shape) == 2]
+        scratch = torch.empty(max(i.nbytes for i in linear), dtype=torch.uint8)
+        scratch_t = torch.empty(max(math.prod(i.shape) for i in linear), dtype=dtype)
     try:
         for name, (tf, info) in tensors.items():
-            if name == "wte.weight" and in_out:
+            if name == "wte.weight" and layout.head_in_out:
                 out = torch.empty(info.shape[::-1], dtype=dtype)
                 tf.read_rows_transposed(info.name, out)
                 _assign(model, "wte_t", out.to(device))
                 continue
-            tensor = tf.read(info.name).to(dtype)
+            if name.startswith("h.") and len(info.shape) == 2:  # a Conv1D (in, out) weight
+                module = model.get_submodule(name.removesuffix(".weight"))
+                assert isinstance(module, Linear)
+                if scratch is not None:
+                    module.set_weight(tf.read(info.name, scratch), scratch_t)
+                else:
+                    module.set_weight(tf.read(info.name).to(dtype=dtype, device=device))
+                continue
+            tensor = tf.read(info.name).to(dtype=dtype, device=device)
             if name in ("wte.weight", "wpe.weight"):
-                name = name.removesuffix(".weight")
-            elif tensor.dim() == 2 and not in_out:
-                tensor = tensor.t().contiguous()  # Conv1D (in, out) -> Linear (out, in)
-            _assign(model, name, tensor.to(device))
+                _assign(model, name.removesuffix(".weight"), tensor)
+            else:
+                _assign(model, name, tensor)
     except (TensorFileError, OSError) as exc:
         raise CheckpointError(f"cannot read the weights in {folder}: {exc}") from None
     return model.eval().requires_grad_(False)

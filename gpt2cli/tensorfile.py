@@ -83,10 +83,14 @@ class TensorFile:
                 )
             self.tensors[name] = TensorInfo(name, dtype, shape, base + begin, nbytes)
 
-    def read(self, name: str) -> torch.Tensor:
-        """A new CPU tensor with the data of `name`."""
+    def read(self, name: str, scratch: torch.Tensor | None = None) -> torch.Tensor:
+        """A CPU tensor with the data of `name`: new, or a view of the start of `scratch` (a
+        uint8 buffer at least as large) when the data is only needed for a moment."""
         info = self.tensors[name]
-        out = torch.empty(info.nbytes, dtype=torch.uint8)
+        if scratch is not None:
+            out = scratch[: info.nbytes]
+        else:
+            out = torch.empty(info.nbytes, dtype=torch.uint8)
         with open(self.path, "rb", buffering=0) as f:
             f.seek(info.start)
             _read_exact(f, memoryview(out.numpy()), self.path)

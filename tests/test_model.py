@@ -9,6 +9,7 @@ import torch
 
 from gpt2cli.checkpoint import load_checkpoint
 from gpt2cli.engine import complete, load_model
+from gpt2cli.model import Layout, choose_layout, onednn_available
 from gpt2cli.sampling import SamplingParams
 
 
@@ -24,10 +25,15 @@ def checkpoint(request, tiny_checkpoint, tiny_checkpoint_transformers) -> Path:
     return tiny_checkpoint if request.param == "hub" else tiny_checkpoint_transformers
 
 
-@pytest.mark.parametrize("in_out", [True, False], ids=["in_out", "out_in"])
-def test_logits_match_transformers(checkpoint: Path, in_out: bool) -> None:
-    ours = load_checkpoint(checkpoint, in_out=in_out)
-    assert ours.in_out == in_out
+LAYOUTS = [Layout("out_in", False), Layout("in_out", True), Layout("out_in", True)]
+if onednn_available():
+    LAYOUTS += [Layout("onednn", True), Layout("onednn", False)]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda x: f"{x.linear}-head_in_out={x.head_in_out}")
+def test_logits_match_transformers(checkpoint: Path, layout: Layout) -> None:
+    ours = load_checkpoint(checkpoint, layout=layout)
+    assert ours.layout == layout
     ref = reference(checkpoint)
     ids = torch.randint(
         0, ours.config.vocab_size, (3, 40), generator=torch.Generator().manual_seed(0)
@@ -122,3 +128,27 @@ def test_engine_uses_static_decoder_when_asked(tiny_checkpoint: Path) -> None:
     lm.cuda_graphs = True  # on CPU: the static-shape step without capture
     static = complete(lm, "Hi there", SamplingParams(seed=4), max_tokens=30, ignore_eos=True)
     assert static[0].token_ids == eager[0].token_ids
+
+
+def test_default_layout_per_device_and_dtype() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    fast = "onednn" if onednn_available() else "in_out"
+    assert choose_layout(cpu, torch.float32) == Layout(fast, head_in_out=True)
+    assert choose_layout(cpu, torch.bfloat16).head_in_out is False
+    assert choose_layout(cpu, torch.float16) == Layout("out_in", False)
+    assert choose_layout(cuda, torch.bfloat16) == Layout("out_in", False)
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_bfloat16_layouts_agree(tiny_checkpoint: Path, batch: int) -> None:
+    """Every bf16 layout computes the same thing (up to bf16 rounding) at batch 1 and 4."""
+    ids = torch.arange(24).view(1, 24).repeat(batch, 1)
+    outs = []
+    for layout in [Layout("out_in", False)] + (
+        [Layout("onednn", False)] if onednn_available() else []
+    ):
+        m = load_checkpoint(tiny_checkpoint, dtype=torch.bfloat16, layout=layout)
+        outs.append(m(ids, m.new_cache(batch), all_logits=True))
+    for other in outs[1:]:
+        cos = torch.nn.functional.cosine_similarity(outs[0].flatten(), other.flatten(), dim=0)
+        assert cos > 0.999
