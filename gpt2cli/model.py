@@ -9,8 +9,9 @@ machine, streaming GPT-2 small's block weights: `F.linear` on (out, in) ~18 GB/s
 GPT-2's own Conv1D (in, out) ~21 GB/s, oneDNN with weights prepacked once at load ~32-36 GB/s,
 in float32 and bfloat16 alike, and it holds up at batch 4 where `F.linear` drops to ~11 GB/s.
 The tied embedding is also the output head and must stay indexable for the lookup, so it keeps
-a dense layout: (d, vocab) with `addmm` in float32 on CPU (twice `F.linear`'s speed there),
-(vocab, d) with `F.linear` otherwise.
+its dense (vocab, d) layout, which oneDNN also streams fastest (3.7 ms a token for small's head
+in float32, against 5.5 ms for `addmm` on (d, vocab) and 9 ms for `F.linear`). Without oneDNN,
+float32 on CPU stores it (d, vocab) for `addmm`.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def choose_layout(device: torch.device, dtype: torch.dtype) -> Layout:
     """The fastest layout for decoding on `device` in `dtype` (see the module docstring)."""
     cpu_fp32 = device.type == "cpu" and dtype == torch.float32
     if device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and onednn_available():
-        return Layout("onednn", head_in_out=cpu_fp32)
+        return Layout("onednn", head_in_out=False)
     return Layout("in_out" if cpu_fp32 else "out_in", head_in_out=cpu_fp32)
 
 
@@ -293,6 +294,8 @@ class GPT2(nn.Module):
         x = self.ln_f(x)
         if self.in_out:
             return (x.reshape(-1, x.shape[-1]) @ self.wte_t).view(*x.shape[:-1], -1).float()
+        if self.layout.linear == "onednn":  # oneDNN streams even the dense (vocab, d) fastest
+            return torch.ops.mkldnn._linear_pointwise(x, self.wte, None, "none", [], "").float()
         return F.linear(x, self.wte).float()
 
 

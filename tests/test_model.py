@@ -132,8 +132,8 @@ def test_engine_uses_static_decoder_when_asked(tiny_checkpoint: Path) -> None:
 
 def test_default_layout_per_device_and_dtype() -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    fast = "onednn" if onednn_available() else "in_out"
-    assert choose_layout(cpu, torch.float32) == Layout(fast, head_in_out=True)
+    fast = Layout("onednn") if onednn_available() else Layout("in_out", head_in_out=True)
+    assert choose_layout(cpu, torch.float32) == fast
     assert choose_layout(cpu, torch.bfloat16).head_in_out is False
     assert choose_layout(cpu, torch.float16) == Layout("out_in", False)
     assert choose_layout(cuda, torch.bfloat16) == Layout("out_in", False)
