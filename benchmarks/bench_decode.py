@@ -19,28 +19,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import checkpoint, median  # noqa: E402
+from common import checkpoint, median, ours_run  # noqa: E402
 
 PROMPT = "The meaning of life is"
 HWM = "print(int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) / 1024)"
-
-
-def ours_run(lm, tokens: int, samples: int = 1, prompt: str = PROMPT) -> tuple[float, float]:
-    """(tokens/s over the whole call, decode-only tokens/s) for one generation."""
-    from gpt2cli import SamplingParams, complete
-
-    t = time.perf_counter()
-    done = complete(
-        lm,
-        prompt,
-        SamplingParams(top_k=40, seed=0),
-        max_tokens=tokens,
-        ignore_eos=True,
-        samples=samples,
-    )
-    wall = time.perf_counter() - t
-    n = sum(c.completion_tokens for c in done)
-    return n / wall, done[0].tokens_per_s
 
 
 def transformers_run(model, ids, tokens: int) -> float:
@@ -89,7 +71,7 @@ def main() -> None:
     ap.add_argument("--shape", default="small", choices=["small", "medium", "large", "xl"])
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--tokens", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-rss", action="store_true", help="skip the peak-RSS child process")
     ap.add_argument("--json", action="store_true", help="print the results as one JSON object")
@@ -110,11 +92,11 @@ def main() -> None:
     ref = transformers.GPT2LMHeadModel.from_pretrained(str(folder), dtype=torch.float32).eval()
     ids = torch.tensor([lm.tokenizer.encode(PROMPT)])
 
-    ours_run(lm, 8)  # warm-up both
-    transformers_run(ref, ids, 8)
+    ours_run(lm, PROMPT, 64)  # warm-up both: the first runs of a process are slower
+    transformers_run(ref, ids, 64)
     ours, theirs = [], []
     for _ in range(args.repeats):
-        ours.append(ours_run(lm, args.tokens)[0])
+        ours.append(ours_run(lm, PROMPT, args.tokens)[0])
         theirs.append(transformers_run(ref, ids, args.tokens))
     result = {
         "shape": args.shape,

@@ -14,29 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import checkpoint, median  # noqa: E402
+from common import checkpoint, median, ours_run  # noqa: E402
 
 
 def decode_rate(lm, prompt_ids: list[int], tokens: int, samples: int = 1) -> float:
     """Decode-only tokens/s summed over samples."""
-    from gpt2cli import SamplingParams, complete
-
-    prompt = lm.tokenizer.decode(prompt_ids)
-    t = time.perf_counter()
-    done = complete(
-        lm,
-        prompt,
-        SamplingParams(top_k=40, seed=0),
-        max_tokens=tokens,
-        ignore_eos=True,
-        samples=samples,
-    )
-    assert time.perf_counter() > t
-    return sum(c.tokens_per_s for c in done)
+    return ours_run(lm, lm.tokenizer.decode(prompt_ids), tokens, samples)[1]
 
 
 def main() -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import resource
 import statistics
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,8 +38,22 @@ def checkpoint(shape: str) -> Path:
     return folder
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def ours_run(lm, prompt: str, tokens: int, samples: int = 1) -> tuple[float, float]:
+    """One gpt2cli generation, batch `samples`, top-k 40: (tokens/s over the whole call,
+    decode-only tokens/s summed over samples)."""
+    from gpt2cli import SamplingParams, complete
+
+    t = time.perf_counter()
+    done = complete(
+        lm,
+        prompt,
+        SamplingParams(top_k=40, seed=0),
+        max_tokens=tokens,
+        ignore_eos=True,
+        samples=samples,
+    )
+    wall = time.perf_counter() - t
+    return sum(c.completion_tokens for c in done) / wall, sum(c.tokens_per_s for c in done)
 
 
 def median(values: list[float]) -> float:

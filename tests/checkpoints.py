@@ -29,19 +29,6 @@ Café, naïve, façade, jalapeño; 東京タワー, 北京, 서울; emoji 🎉�
 )
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    bs += list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {b: chr(c) for b, c in zip(bs, cs)}
-
-
 def build_tokenizer_files(folder: Path, vocab_size: int, seed: int = 0) -> tuple[Path, Path, Path]:
     """Write tokenizer.json, vocab.json and merges.txt for a byte-level BPE of `vocab_size` ids
     (the last one `<|endoftext|>`). Returns the three paths."""
