@@ -23,7 +23,7 @@ HELP = (
     "multi-line block. In [bold]fresh[/bold] mode each entry stands alone; in "
     "[bold]continue[/bold] mode the running text (prompts and continuations) is the context, "
     "so a story grows. Type /help in the session for its commands (/set, /show, /mode, /reset, "
-    "/model, /save, /quit).\n\n"
+    "/model, /save, /probs, /explain, /quit).\n\n"
     "When stdin is not a terminal, entries are read line by line and only the continuations are "
     "written to stdout, so a session can be scripted. History is kept in "
     "$XDG_DATA_HOME/gpt2cli/history unless GPT2_NO_HISTORY=1."
