@@ -3,9 +3,12 @@ with a `register(app)`. Nothing here imports torch: `gpt2 --help` and completion
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import traceback
+from collections.abc import Callable
+from typing import Any
 
 import typer
 
@@ -38,9 +41,44 @@ app = typer.Typer(
 )
 
 
+class ClosedPipe(Exception):
+    """stdout's reader went away. Deliberately not an OSError: Typer turns an EPIPE OSError
+    into exit status 1, and a closed pipe should end quietly with 141 (128 + SIGPIPE)."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C inside a command. Typer turns KeyboardInterrupt into a bare exit 130; this lets
+    `run` end the line first, so the shell prompt does not land after `^C`."""
+
+
+def _closed_pipe_hook(console: object) -> None:
+    """Rich's Console.on_broken_pipe, which would raise SystemExit(1)."""
+    console.quiet = True  # type: ignore[attr-defined]
+    silence_stdout()
+    raise ClosedPipe
+
+
+def _guarded(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a command so that a closed pipe and Ctrl-C reach `run` (see the two classes)."""
+
+    @functools.wraps(command)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except BrokenPipeError:
+            raise ClosedPipe from None
+        except KeyboardInterrupt:
+            raise Interrupted from None
+
+    return call
+
+
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"gpt2cli {__version__}")
+        try:
+            typer.echo(f"gpt2cli {__version__}")
+        except BrokenPipeError:
+            raise ClosedPipe from None
         raise typer.Exit()
 
 
@@ -81,6 +119,11 @@ def _register_commands() -> None:
                 raise
             continue
         module.register(app)
+    for command in app.registered_commands:
+        command.callback = _guarded(command.callback)
+    import rich.console  # Typer's help and our tables print through Rich
+
+    rich.console.Console.on_broken_pipe = _closed_pipe_hook
 
 
 _register_commands()
@@ -129,10 +172,10 @@ def run(argv: list[str] | None = None) -> int:
         return _fail(options.describe(exc), exc.exit_code)
     except Gpt2Error as exc:
         return _fail(str(exc), exc.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         sys.stderr.write("\n")
         return 130
-    except BrokenPipeError:
+    except (BrokenPipeError, ClosedPipe):
         silence_stdout()
         return 141
     except OSError as exc:

@@ -26,7 +26,6 @@ from gpt2cli.sampling import SamplingParams, sample_next, validate_param
 from gpt2cli.tokenizer import StreamDecoder, Tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-FINISH_REASONS = ("eos", "length", "stop", "context")
 
 
 @dataclass
@@ -146,15 +145,16 @@ def load_model(
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     folder = resolve_model(str(model), revision=revision, offline=offline)
+    net = load_checkpoint(folder, device=dev, dtype=dt)  # first: it says best what is wrong
     tokenizer = Tokenizer.from_folder(folder)
-    net = load_checkpoint(folder, device=dev, dtype=dt)
     return LoadedModel(net, tokenizer, str(model), Path(folder), dev, dt)
 
 
 def fit_prompt(ids: list[int], window: int, max_tokens: int) -> tuple[list[int], int]:
-    """Keep the last tokens of a prompt too long for the window, leaving room to generate
-    `max_tokens` (at most half the window). Returns (kept ids, number dropped)."""
-    keep = window - min(max_tokens, window // 2)
+    """Keep the last tokens of a prompt, leaving room in the window to generate `max_tokens`
+    (at most half the window). The last token sampled needs no slot of its own, so a prompt
+    of `window - max_tokens + 1` tokens still fits. Returns (kept ids, number dropped)."""
+    keep = window - min(max_tokens, window // 2) + 1
     if len(ids) <= keep:
         return ids, 0
     return ids[-keep:], len(ids) - keep
@@ -167,6 +167,7 @@ class _SampleText:
     def __init__(self, tokenizer: Tokenizer, stop: Sequence[str]) -> None:
         self.decoder = StreamDecoder(tokenizer)
         self.stop = [s for s in stop if s]
+        self.longest = max(map(len, self.stop), default=0)
         self.text = ""  # decoded so far (released + held)
         self.released = 0  # characters of `text` already emitted
 
@@ -174,8 +175,7 @@ class _SampleText:
         """Append decoded text; return (text to emit now, whether a stop string was hit)."""
         self.text += piece
         if self.stop:
-            longest = max(len(s) for s in self.stop)
-            start = max(0, self.released - longest + 1)
+            start = max(0, self.released - self.longest + 1)
             hits = [i for s in self.stop if (i := self.text.find(s, start)) != -1]
             if hits:
                 self.text = self.text[: min(hits)]
@@ -236,6 +236,7 @@ def generate(
     if params.repetition_penalty != 1.0:
         seen = torch.zeros(samples, net.config.vocab_size, dtype=torch.bool, device=lm.device)
         seen[:, prompt_ids[0]] = True
+        rows = torch.arange(samples, device=lm.device)
     want_logprobs = logprobs or top_logprobs > 0
 
     texts = [_SampleText(tok, stop) for _ in range(samples)]
@@ -271,7 +272,7 @@ def generate(
     for step in range(max_tokens):
         next_ids = sample_next(logits, params, generator, seen)
         if seen is not None:
-            seen[torch.arange(samples, device=lm.device), next_ids] = True
+            seen[rows, next_ids] = True
         chosen = next_ids.tolist()
         lp_rows: list[float] | None = None
         top_rows = None

@@ -14,7 +14,6 @@ from typing import BinaryIO, TextIO
 class Prompt:
     text: str
     warnings: list[str] = field(default_factory=list)
-    from_stdin: bool = False
 
 
 def stdin_is_piped(stream: TextIO | None = None) -> bool:
@@ -68,7 +67,7 @@ def read_prompt(argument: str | None, stdin: TextIO | None = None) -> Prompt:
     warnings += stdin_warnings
     if argument not in (None, "-"):
         text = f"{text}\n{argument}" if text else argument
-    return Prompt(text, warnings, from_stdin=True)
+    return Prompt(text, warnings)
 
 
 def silence_stdout() -> None:

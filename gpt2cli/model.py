@@ -16,7 +16,6 @@ float32 on CPU stores it (d, vocab) for `addmm`.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -61,6 +60,9 @@ class GPT2Config:
             )
         except KeyError as exc:
             raise ValueError(f"config.json lacks {exc.args[0]!r}") from None
+        sizes = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
+        if any(getattr(cfg, name) < 1 for name in sizes) or (cfg.n_inner or 1) < 1:
+            raise ValueError("sizes in config.json must be positive integers")
         if cfg.n_embd % cfg.n_head:
             raise ValueError(f"n_embd {cfg.n_embd} is not divisible by n_head {cfg.n_head}")
         act = d.get("activation_function", "gelu_new")
@@ -297,7 +299,3 @@ class GPT2(nn.Module):
         if self.layout.linear == "onednn":  # oneDNN streams even the dense (vocab, d) fastest
             return torch.ops.mkldnn._linear_pointwise(x, self.wte, None, "none", [], "").float()
         return F.linear(x, self.wte).float()
-
-
-def param_count(model: nn.Module) -> int:
-    return sum(math.prod(p.shape) for p in model.parameters())

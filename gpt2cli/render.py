@@ -95,8 +95,8 @@ class Renderer:
     mode: "terminal", "plain" or "json"; None picks json when `json_output`, else terminal when
     stdout is a terminal, else plain. echo: show the prompt before the continuation (default: on
     a terminal only). stats: the stats line on stderr (default: on a terminal or with verbose).
-    delta_style: optional style per Delta on a terminal. delta_spans: optional colouring of each
-    Delta's text in pieces on a terminal (e.g. by token probability; it wins over delta_style).
+    delta_spans: optional colouring of each Delta's text in pieces on a terminal (e.g. by token
+    probability).
     token_text: when given, each JSON record carries a `tokens` list (see `token_records`)."""
 
     def __init__(
@@ -111,7 +111,6 @@ class Renderer:
         err: TextIO | None = None,
         console: Console | None = None,
         err_console: Console | None = None,
-        delta_style: Callable[[Delta], StyleType | None] | None = None,
         delta_spans: DeltaSpans | None = None,
         token_text: Callable[[int], str] | None = None,
     ) -> None:
@@ -129,7 +128,6 @@ class Renderer:
             file=err if err is not None else sys.stderr, highlight=False, markup=False, emoji=False
         )
         self.writer = WrappingWriter(self.console)
-        self.delta_style = delta_style
         self.delta_spans = delta_spans
         self.token_text = token_text
         self.interrupted = False
@@ -172,18 +170,24 @@ class Renderer:
                     run.start(event)
                     if event.dropped_tokens:
                         self.warn(
-                            f"the prompt is longer than the context window allows: its first "
-                            f"{event.dropped_tokens} tokens were dropped"
+                            f"the prompt does not fit in the context window with room for the "
+                            f"continuation: its first {event.dropped_tokens} tokens were dropped"
                         )
                     self._begin(run)
         except KeyboardInterrupt:
             self.interrupted = True
             with contextlib.suppress(Exception):
                 events.close()  # type: ignore[attr-defined]
-            if run.started and run.current < run.samples:
-                self._end(run, run.partial(run.current))
-            elif self.mode == "terminal":
+            if not run.started and self.mode == "terminal":
                 self.writer.end_line()
+            # Every sample is still shown: finished ones as they ended, the rest as far as
+            # they got (so --json always writes one line per sample).
+            while run.started and run.current < run.samples:
+                i = run.current
+                self._end(run, run.finished.pop(i, None) or run.partial(i))
+                run.current += 1
+                if run.current < run.samples:
+                    self._begin(run)
         except Exception:
             if self.mode == "terminal":  # the error message goes on a line of its own
                 with contextlib.suppress(Exception):
@@ -215,8 +219,7 @@ class Renderer:
         if not delta.text:
             return
         if self.mode == "terminal":
-            style = self.delta_style(delta) if self.delta_style else None
-            self.writer.write(delta.text, style)
+            self.writer.write(delta.text)
         elif self.mode == "plain":
             self.out.write(delta.text)
             self.out.flush()

@@ -45,7 +45,7 @@ class Session:
 
     `load(name)` loads another model for /model; `parse_stop` turns /set stop's value into stop
     strings as the --stop flag does. `engine_options` are extra keyword arguments for
-    engine.generate (e.g. logprobs=True for a delta_style on the renderer that colours tokens)."""
+    engine.generate (e.g. logprobs=True while /probs colours tokens)."""
 
     def __init__(
         self,

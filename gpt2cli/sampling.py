@@ -41,7 +41,9 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0 or self.top_k == 1
+        # Below 1e-5 a temperature picks the top token anyway (unless logits tie to within
+        # 1e-5), and dividing by it would overflow float32.
+        return self.temperature < 1e-5 or self.top_k == 1
 
 
 def _is_number(value: object) -> bool:
@@ -60,8 +62,11 @@ def validate_param(name: str, value: object) -> None:
         if not _is_number(value) or not (0 < value <= 1):
             raise ParamError(name, f"must be in (0, 1], got {value!r}")
     elif name == "repetition_penalty":
-        if not _is_number(value) or not math.isfinite(value) or value <= 0:
-            raise ParamError(name, f"must be a number > 0 (1 turns it off), got {value!r}")
+        # A bounded range: the logits are float32, and 1e-300 or 1e300 would make them inf.
+        if not _is_number(value) or not (0.01 <= value <= 100):
+            raise ParamError(
+                name, f"must be a number in [0.01, 100] (1 turns it off), got {value!r}"
+            )
     elif name == "seed":
         if not isinstance(value, int) or isinstance(value, bool) or not (0 <= value < 2**63):
             raise ParamError(name, f"must be an integer in [0, 2**63), got {value!r}")
@@ -97,8 +102,8 @@ def candidate_distribution(
     import torch
 
     logits = logits.float()
-    if params.temperature != 1.0:
-        logits = logits / params.temperature
+    if params.temperature != 1.0:  # shifted so that a small temperature cannot overflow
+        logits = (logits - logits.amax(dim=-1, keepdim=True)) / params.temperature
     ids = None
     if params.top_k and params.top_k < logits.shape[-1]:
         logits, ids = torch.topk(logits, params.top_k, dim=-1)  # sorted, descending
@@ -107,7 +112,9 @@ def candidate_distribution(
             logits, ids = torch.sort(logits, dim=-1, descending=True)
         probs = torch.softmax(logits, dim=-1)
         mass_before = torch.cumsum(probs, dim=-1) - probs
-        probs = probs.masked_fill(mass_before >= params.top_p, 0.0)
+        cut = mass_before >= params.top_p
+        cut[..., 0] = False  # the most likely token always stays (top_p may round to 0)
+        probs = probs.masked_fill(cut, 0.0)
         return probs / probs.sum(dim=-1, keepdim=True), ids
     return torch.softmax(logits, dim=-1), ids
 

@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt2cli.engine import Delta, Finish, LoadedModel, Start, complete, generate, load_model
+from gpt2cli.engine import (
+    Delta,
+    Finish,
+    LoadedModel,
+    Start,
+    complete,
+    fit_prompt,
+    generate,
+    load_model,
+)
 from gpt2cli.errors import ParamError
 from gpt2cli.sampling import SamplingParams
 
@@ -83,8 +92,14 @@ def test_long_prompt_keeps_its_last_tokens(lm: LoadedModel) -> None:
     n = len(lm.tokenizer.encode(prompt))
     assert n > window
     start = next(iter(generate(lm, prompt, SamplingParams(seed=1), max_tokens=10)))
-    assert start.prompt_tokens == window - 10
-    assert start.dropped_tokens == n - (window - 10)
+    assert start.prompt_tokens == window - 10 + 1  # the last sampled token needs no slot
+    assert start.dropped_tokens == n - (window - 9)
+    # room is left for max_tokens (at most half the window), no more
+    ids = list(range(window))
+    assert fit_prompt(ids, window, 1) == (ids, 0)
+    assert fit_prompt(ids[:-4], window, 5) == (ids[:-4], 0)
+    assert fit_prompt(ids, window, 5) == (ids[4:], 4)
+    assert fit_prompt(ids, window, 10_000) == (ids[window // 2 - 1 :], window // 2 - 1)
 
 
 def test_window_full_finishes_with_context(lm: LoadedModel) -> None:

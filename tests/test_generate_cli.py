@@ -72,7 +72,7 @@ def test_dash_reads_stdin_invalid_utf8_and_long_prompt(
     assert "tokens were dropped" in warnings[1]
     record = json.loads(proc.stdout)
     expected = reference(lm, "\ufffd" + long_text, 1, max_tokens=5)[0]
-    assert record["prompt_tokens"] == expected.prompt_tokens == lm.context_length - 5
+    assert record["prompt_tokens"] == expected.prompt_tokens == lm.context_length - 5 + 1
     assert record["text"] == expected.text
 
 
@@ -146,6 +146,39 @@ def test_ctrl_c_stops_and_keeps_the_text(long_checkpoint: Path) -> None:
     assert proc.returncode == 130, err
     assert first and (first + rest).endswith(b"\n")
     assert b"Traceback" not in err and b"KeyboardInterrupt" not in err
+
+
+def test_ctrl_c_with_samples_still_writes_every_sample(long_checkpoint: Path) -> None:
+    argv = gpt2_argv("generate", "-m", str(long_checkpoint), "--device", "cpu", "--json")
+    proc = subprocess.Popen(
+        [*argv, "-n", "8000", "--ignore-eos", "--samples", "3", "-s", "1", "Hello"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(4)  # loaded and decoding (JSON lines only come at the end)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    records = [json.loads(line) for line in out.decode().splitlines()]
+    assert len(records) == 3
+    assert {r["finish_reason"] for r in records} == {"interrupted"}
+    assert all(r["completion_tokens"] > 0 for r in records)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("--version",), ("--help",), ("generate", "--help"), ("models",), ("download", "TINY")],
+    ids=lambda a: " ".join(a),
+)
+def test_every_command_exits_141_on_a_closed_pipe(
+    args: tuple[str, ...], tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    argv = gpt2_argv(*(str(tiny_checkpoint) if a == "TINY" else a for a in args))
+    script = f"{' '.join(argv)} 2>{tmp_path}/err </dev/null | head -c 0; echo ${{PIPESTATUS[0]}}"
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, timeout=60)
+    assert proc.stdout == b"141\n"
+    assert (tmp_path / "err").read_text() == ""
 
 
 def test_closed_pipe_is_quiet(long_checkpoint: Path, tmp_path: Path) -> None:

@@ -112,7 +112,14 @@ def test_no_color_keeps_text_plain(monkeypatch: pytest.MonkeyPatch) -> None:
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=40, color_system="truecolor")
     renderer = Renderer(console=console, err_console=Console(file=io.StringIO()), out=out)
-    renderer.delta_style = lambda delta: "red"
+
+    class AllRed:
+        def reset(self) -> None: ...
+
+        def spans(self, delta):
+            return [(delta.text, "red")]
+
+    renderer.delta_spans = AllRed()
     renderer.render(events(["hi", " there"]))
     assert "hi there" in out.getvalue()
     assert "\x1b[31m" not in out.getvalue() and "\x1b[38" not in out.getvalue()
@@ -142,16 +149,19 @@ def test_ctrl_c_keeps_what_was_shown(mode: str) -> None:
         renderer = Renderer(mode, out=out, err=err)
     done = renderer.render(interrupted_stream(), prompt="", model="tiny")
     assert renderer.interrupted
+    # every sample is still shown, each as far as it got
     assert [(c.text, c.finish_reason, c.completion_tokens) for c in done] == [
-        ("partial text", "interrupted", 2)
+        ("partial text", "interrupted", 2),
+        ("other", "interrupted", 1),
     ]
     text = out.getvalue()
     assert text.endswith("\n")
     if mode == "json":
-        record = json.loads(text)
-        assert record["finish_reason"] == "interrupted" and record["seed"] == 9
+        records = [json.loads(line) for line in text.splitlines()]
+        assert [r["finish_reason"] for r in records] == ["interrupted"] * 2
+        assert records[0]["seed"] == 9 and records[1]["text"] == "other"
     else:
-        assert "partial text" in text and "other" not in text
+        assert text.index("partial text") < text.index("other")
 
 
 def test_visible_control_characters() -> None:

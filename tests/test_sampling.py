@@ -89,7 +89,8 @@ def test_repetition_penalty_lowers_seen_tokens() -> None:
         ("top_k", 2.5, "integer"),
         ("top_p", 0.0, "(0, 1]"),
         ("top_p", 1.5, "(0, 1]"),
-        ("repetition_penalty", 0.0, "> 0"),
+        ("repetition_penalty", 0.0, "[0.01, 100]"),
+        ("repetition_penalty", 1e-300, "[0.01, 100]"),
         ("seed", -3, "2**63"),
     ],
 )
@@ -98,3 +99,23 @@ def test_invalid_values_name_the_parameter(field: str, value: object, words: str
         SamplingParams(**{field: value})
     assert info.value.param == field
     assert field in str(info.value) and words in str(info.value)
+
+
+def test_extreme_values_stay_finite() -> None:
+    """Accepted extremes must not overflow float32 into NaN probabilities."""
+    logits = torch.randn(4, 300, generator=torch.Generator().manual_seed(2)) * 30 - 200
+    g = torch.Generator().manual_seed(0)
+    for params in (
+        SamplingParams(temperature=1e-45, top_k=0),
+        SamplingParams(temperature=1e-4, top_k=0),
+        SamplingParams(top_p=1e-300, top_k=0),
+        SamplingParams(repetition_penalty=0.01, top_k=0),
+        SamplingParams(repetition_penalty=100, temperature=50),
+    ):
+        seen = torch.ones_like(logits, dtype=torch.bool)
+        picks = sample_next(logits, params, g, seen)
+        assert picks.shape == (4,)
+    # a tiny temperature is greedy, a tiny top_p keeps exactly the most likely token
+    assert torch.equal(sample_next(logits, SamplingParams(temperature=1e-7), g), logits.argmax(-1))
+    tiny_p = SamplingParams(top_p=1e-300, top_k=0, temperature=3.0)
+    assert torch.equal(sample_next(logits, tiny_p, g), logits.argmax(-1))

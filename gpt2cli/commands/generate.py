@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import sys
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -101,27 +99,17 @@ def generate(
     choice = options.ModelChoice(model, device, dtype, revision, offline, threads)
 
     from gpt2cli.io import read_prompt, silence_stdout
-    from gpt2cli.render import Renderer, loading
+    from gpt2cli.render import Renderer
 
-    for stream in (sys.stdout, sys.stderr):  # a non-UTF-8 locale must not end the run
-        with contextlib.suppress(AttributeError, ValueError):
-            stream.reconfigure(errors="replace")
+    options.tolerate_unencodable_output()
     renderer = Renderer(json_output=json_output, echo=True if echo else None, verbose=verbose)
     text = read_prompt(prompt)
     for warning in text.warnings:
         renderer.warn(warning)
     try:
-        with loading(model):
-            choice.check_device()  # before a download that would be wasted
-        folder = choice.resolve()  # may download, showing its own progress
-        with loading(model):
-            lm = choice.load(folder)
+        lm = choice.open()
         if verbose:
-            dtype_name = str(lm.dtype).removeprefix("torch.")
-            renderer.info(
-                f"model {lm.name} ({lm.path}) on {lm.device}, {dtype_name}, "
-                f"window {lm.context_length} tokens"
-            )
+            renderer.info(options.describe_model(lm))
         from gpt2cli.engine import generate as run
 
         top_logprobs = 0
@@ -138,7 +126,8 @@ def generate(
             stop=stops,
             ignore_eos=ignore_eos,
             samples=samples,
-            logprobs=show_probs,
+            # per-token log_softmax only when something will show it
+            logprobs=show_probs and (renderer.mode == "json" or renderer.delta_spans is not None),
             top_logprobs=top_logprobs,
         )
         shown = renderer.render(events, prompt=text.text, model=lm.name)

@@ -162,7 +162,8 @@ Stop = Annotated[
     list[str] | None,
     typer.Option(
         "--stop",
-        help="Stop when the text contains this string (repeatable; \\n and \\t are understood).",
+        help="Stop when the text contains this string (repeatable; \\n, \\t, \\r and \\\\ are "
+        "understood).",
         show_default=False,
         rich_help_panel=SAMPLING_PANEL,
     ),
@@ -211,7 +212,8 @@ Verbose = Annotated[
     typer.Option(
         "--verbose",
         "-v",
-        help="Also print the model used and, on a pipe, the stats line (on stderr).",
+        help="Also print the model used (on stderr) and, for generate and repl on a pipe, the "
+        "stats line.",
         rich_help_panel=OUTPUT_PANEL,
     ),
 ]
@@ -330,6 +332,18 @@ class ModelChoice:
             self.model, revision=self.revision, offline=True if self.offline else None
         )
 
+    def open(self, name: str | None = None) -> LoadedModel:
+        """Check the device, resolve (downloading, with its own progress) and load the model
+        -- `name` instead of `self.model` when given -- with a "Loading" note on a terminal."""
+        from gpt2cli.render import loading
+
+        picked = dataclasses.replace(self, model=name) if name else self
+        with loading(picked.model):
+            picked.check_device()  # before a download that would be wasted
+        folder = picked.resolve()
+        with loading(picked.model):
+            return picked.load(folder)
+
     def load(self, folder: Path | None = None) -> LoadedModel:
         """Import torch and load the model from `folder` (resolved when not given). Raises
         ParamError for an unavailable device or dtype."""
@@ -338,3 +352,20 @@ class ModelChoice:
         folder = folder if folder is not None else self.resolve()
         lm = load_model(folder, device=self.device, dtype=self.dtype, threads=self.threads)
         return dataclasses.replace(lm, name=self.model)
+
+
+def describe_model(lm: LoadedModel) -> str:
+    """The --verbose line about the loaded model."""
+    dtype = str(lm.dtype).removeprefix("torch.")
+    return f"model {lm.name} ({lm.path}) on {lm.device}, {dtype}, window {lm.context_length} tokens"
+
+
+def tolerate_unencodable_output() -> None:
+    """Replace characters the terminal's encoding cannot show: a non-UTF-8 locale must not end
+    a run in the middle of the model's text."""
+    import contextlib
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="replace")

@@ -3,9 +3,6 @@ flags."""
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import sys
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -14,7 +11,7 @@ from gpt2cli.commands import options
 from gpt2cli.repl_settings import MODES, Settings, check_mode
 
 if TYPE_CHECKING:
-    from gpt2cli.engine import LoadedModel
+    pass
 
 HELP = (
     "Explore GPT-2 interactively: load the model once, then type prompts and watch the "
@@ -72,21 +69,10 @@ def repl(
     mode = check_mode(mode)
     settings = Settings(params, max_tokens, stops, ignore_eos)
 
-    from gpt2cli.render import Renderer, loading
+    from gpt2cli.render import Renderer
 
-    for stream in (sys.stdout, sys.stderr):  # a non-UTF-8 locale must not end the session
-        with contextlib.suppress(AttributeError, ValueError):
-            stream.reconfigure(errors="replace")
-
-    def load(name: str) -> LoadedModel:
-        picked = dataclasses.replace(choice, model=name)
-        with loading(name):
-            picked.check_device()  # before a download that would be wasted
-        folder = picked.resolve()  # may download, showing its own progress
-        with loading(name):
-            return picked.load(folder)
-
-    lm = load(model)
+    options.tolerate_unencodable_output()
+    lm = choice.open()
 
     from gpt2cli.repl import Session, run_session
 
@@ -95,7 +81,7 @@ def repl(
         settings,
         mode=mode,
         renderer=Renderer(echo=False, verbose=verbose),
-        load=load,
+        load=choice.open,
         parse_stop=options.stop_strings,
     )
     code = run_session(session)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 from typing import TYPE_CHECKING, Annotated
@@ -95,11 +94,8 @@ def score(
     from rich.text import Text
 
     from gpt2cli.io import read_prompt
-    from gpt2cli.render import loading
 
-    for stream in (sys.stdout, sys.stderr):  # a non-UTF-8 locale must not end the run
-        with contextlib.suppress(AttributeError, ValueError):
-            stream.reconfigure(errors="replace")
+    options.tolerate_unencodable_output()
     out = Console(file=sys.stdout, highlight=False, markup=False, emoji=False)
     err = Console(file=sys.stderr, highlight=False, markup=False, emoji=False)
     source = read_prompt(text)
@@ -108,17 +104,9 @@ def score(
     if not source.text:
         raise UsageError("nothing to score: give TEXT, or pipe text on stdin")
 
-    with loading(model):
-        choice.check_device()  # before a download that would be wasted
-    folder = choice.resolve()  # may download, showing its own progress
-    with loading(model):
-        lm = choice.load(folder)
+    lm = choice.open()
     if verbose:
-        dtype_name = str(lm.dtype).removeprefix("torch.")
-        err.print(
-            Text(f"model {lm.name} ({lm.path}) on {lm.device}, {dtype_name}", style="dim"),
-            soft_wrap=True,
-        )
+        err.print(Text(options.describe_model(lm), style="dim"), soft_wrap=True)
 
     from gpt2cli.scoring import score_text
 
