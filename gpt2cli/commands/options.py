@@ -144,7 +144,7 @@ RepetitionPenalty = Annotated[
     float,
     typer.Option(
         "--repetition-penalty",
-        help="Penalise tokens already seen (> 1 discourages repeats; 1 turns it off).",
+        help="Penalise tokens already seen (> 1 discourages repeats; 1 turns it off; 0.01-100).",
         rich_help_panel=SAMPLING_PANEL,
     ),
 ]
