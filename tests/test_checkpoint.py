@@ -84,6 +84,10 @@ def broken(tiny_checkpoint: Path, tmp_path: Path, how: str) -> Path:
         tensors = load_file(weights)
         del tensors["h.1.mlp.c_fc.weight"]
         save_file(tensors, weights)
+    elif how == "zero-heads":
+        cfg = json.loads((folder / "config.json").read_text())
+        cfg["n_head"] = 0
+        (folder / "config.json").write_text(json.dumps(cfg))
     elif how == "bad-json":
         (folder / "config.json").write_text("{not json")
     return folder
@@ -100,6 +104,7 @@ def broken(tiny_checkpoint: Path, tmp_path: Path, how: str) -> Path:
         ("not-gpt2", "'llama' model, not GPT-2"),
         ("missing-tensor", "lacks tensor 'h.1.mlp.c_fc.weight'"),
         ("bad-json", "not valid JSON"),
+        ("zero-heads", "must be positive"),
     ],
 )
 def test_broken_checkpoints_give_specific_errors(
