@@ -122,3 +122,16 @@ class Screen:
 def squeeze(text: str) -> str:
     """Text without spaces, tabs or newlines: what must survive word wrapping unchanged."""
     return "".join(text.split())
+
+
+def spawn_in_terminal(*args: str, env: dict[str, str] | None = None) -> str:
+    """Run `gpt2 ARGS` on a 100x50 pseudo-terminal to the end; return what it showed."""
+    import pexpect
+
+    argv = gpt2_argv(*args)
+    env = {**os.environ, "COLUMNS": "100", "LINES": "50", "TERM": "xterm-256color", **(env or {})}
+    child = pexpect.spawn(argv[0], argv[1:], env=env, dimensions=(50, 100), encoding="utf-8")
+    child.expect(pexpect.EOF, timeout=60)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    return child.before

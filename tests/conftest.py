@@ -47,6 +47,13 @@ def tiny_checkpoint_transformers(tmp_path_factory: pytest.TempPathFactory) -> Pa
     )
 
 
+@pytest.fixture(scope="session")
+def long_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An 8192-token window: thousands of tokens take seconds, time enough to interrupt."""
+    folder = tmp_path_factory.mktemp("ckpt") / "tiny-long"
+    return build_checkpoint(folder, n_positions=8192, layout="transformers")
+
+
 @pytest.fixture
 def fake_hub(monkeypatch: pytest.MonkeyPatch):
     """A fake Hugging Face Hub on 127.0.0.1 (tests/fakehub.py); HF_ENDPOINT points at it."""

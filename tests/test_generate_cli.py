@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from checkpoints import build_checkpoint
 from cli_helpers import ESCAPE, Screen, gpt2, gpt2_argv, squeeze
 
 from gpt2cli.engine import LoadedModel, complete, load_model
@@ -24,13 +23,6 @@ from gpt2cli.wrap import visible
 @pytest.fixture(scope="module")
 def lm(tiny_checkpoint: Path) -> LoadedModel:
     return load_model(str(tiny_checkpoint), device="cpu")
-
-
-@pytest.fixture(scope="module")
-def long_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An 8192-token window: thousands of tokens take seconds, time enough to interrupt."""
-    folder = tmp_path_factory.mktemp("ckpt") / "tiny-long"
-    return build_checkpoint(folder, n_positions=8192, layout="transformers")
 
 
 def run(ckpt: Path, *args: str, **kwargs) -> subprocess.CompletedProcess[str]:

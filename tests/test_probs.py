@@ -14,7 +14,7 @@ from pathlib import Path
 import pexpect
 import pytest
 import torch
-from cli_helpers import ESCAPE, assert_one_line_error, gpt2, gpt2_argv, squeeze
+from cli_helpers import ESCAPE, assert_one_line_error, gpt2, gpt2_argv, spawn_in_terminal, squeeze
 
 from gpt2cli.engine import Delta, LoadedModel, complete, generate, load_model
 from gpt2cli.probs import LEVELS, TokenColourer, candidate_lines, prob_style
@@ -160,13 +160,7 @@ def test_colourer_follows_tokens_through_held_text(lm: LoadedModel) -> None:
 
 
 def spawn_terminal(ckpt: Path, *args: str, env: dict[str, str] | None = None) -> str:
-    argv = gpt2_argv("generate", "-m", str(ckpt), "--device", "cpu", *args)
-    env = {**os.environ, "COLUMNS": "100", "LINES": "50", "TERM": "xterm-256color", **(env or {})}
-    child = pexpect.spawn(argv[0], argv[1:], env=env, dimensions=(50, 100), encoding="utf-8")
-    child.expect(pexpect.EOF, timeout=60)
-    child.close()
-    assert child.exitstatus == 0, child.before
-    return child.before
+    return spawn_in_terminal("generate", "-m", str(ckpt), "--device", "cpu", *args, env=env)
 
 
 def test_terminal_colours_tokens_with_a_legend(lm: LoadedModel, tiny_checkpoint: Path) -> None:

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-import pexpect
 import pytest
 import torch
-from cli_helpers import ESCAPE, assert_one_line_error, gpt2, gpt2_argv
+from cli_helpers import ESCAPE, assert_one_line_error, gpt2, spawn_in_terminal
 
 from gpt2cli.engine import load_model
 from gpt2cli.scoring import score_ids
@@ -122,20 +120,10 @@ def test_tokens_table_on_a_pipe_is_plain(tokenizer, tiny_checkpoint: Path) -> No
     assert lines[-1].startswith("perplexity ") and f"{len(ids)} tokens scored" in lines[-1]
 
 
-def spawn(*args: str, env: dict[str, str] | None = None) -> str:
-    argv = gpt2_argv(*args)
-    env = {**os.environ, "COLUMNS": "100", "LINES": "50", "TERM": "xterm-256color", **(env or {})}
-    child = pexpect.spawn(argv[0], argv[1:], env=env, dimensions=(50, 100), encoding="utf-8")
-    child.expect(pexpect.EOF, timeout=60)
-    child.close()
-    assert child.exitstatus == 0, child.before
-    return child.before
-
-
 def test_terminal_tokens_coloured_unless_no_color(tiny_checkpoint: Path) -> None:
     args = ["score", "-m", str(tiny_checkpoint), "--device", "cpu", "--tokens", SHORT]
-    assert COLOUR.search(spawn(*args))
-    plain = spawn(*args, env={"NO_COLOR": "1"})
+    assert COLOUR.search(spawn_in_terminal(*args))
+    plain = spawn_in_terminal(*args, env={"NO_COLOR": "1"})
     assert not COLOUR.search(plain) and '" quick"' in plain and "perplexity" in plain
 
 
