@@ -17,10 +17,16 @@ from gpt2cli.commands import options
 from gpt2cli.errors import Gpt2Error, ParamError
 from gpt2cli.io import silence_stdout
 
-try:  # typer >= 0.22 vendors click as typer._click
-    from typer._click import exceptions as click_exceptions
-except ImportError:  # pragma: no cover - older typer on top of click
-    from click import exceptions as click_exceptions
+
+def _click_exception(name: str) -> type[Exception]:
+    """Click's exception class `name`, as the typer in use raises it: typer >= 0.26 vendors its
+    own copy of click (and click itself may be absent), older ones use click. Found through
+    typer's public `BadParameter`, whose bases they are, so no click import is needed."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
+
+
+ClickException = _click_exception("ClickException")
+ClickUsageError = _click_exception("UsageError")
 
 HELP = """Run OpenAI's GPT-2 locally: generate text, chat in a REPL, score text.
 
@@ -158,12 +164,12 @@ def run(argv: list[str] | None = None) -> int:
     `--debug` (or GPT2_DEBUG=1) errors also show their traceback."""
     try:
         result = app(args=argv, prog_name="gpt2", standalone_mode=False)
-    except click_exceptions.ClickException as exc:
+    except ClickException as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # `gpt2` alone: help is already printed
             return exc.exit_code
         message = exc.format_message()
         ctx = getattr(exc, "ctx", None)
-        if isinstance(exc, click_exceptions.UsageError) and ctx is not None:
+        if isinstance(exc, ClickUsageError) and ctx is not None:
             message += f" (see '{ctx.command_path} --help')"
         return _fail(message, exc.exit_code)
     except typer.Abort:

@@ -116,13 +116,16 @@ class Layout:
             raise ValueError(f"linear layout must be one of {LINEAR_LAYOUTS}")
 
 
-@lru_cache(maxsize=1)
-def onednn_available() -> bool:
-    """Whether this torch can prepack weights for oneDNN (x86 CPU builds with mkldnn)."""
+@lru_cache(maxsize=None)
+def onednn_available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether this torch can prepack weights for oneDNN in `dtype` on this CPU (x86 builds with
+    mkldnn; bfloat16 also needs AVX-512 BF16/VNNI or AVX-NE-CONVERT, which is asked by running
+    it: the packing refuses other CPUs)."""
     try:
-        packed = torch.ops.mkldnn._reorder_linear_weight(torch.ones(8, 8), 1)
-        out = torch.ops.mkldnn._linear_pointwise(torch.ones(1, 8), packed, None, "none", [], "")
-        return bool(torch.allclose(out, torch.full((1, 8), 8.0)))
+        packed = torch.ops.mkldnn._reorder_linear_weight(torch.ones(8, 8, dtype=dtype), 1)
+        x = torch.ones(1, 8, dtype=dtype)
+        out = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+        return bool(torch.allclose(out.float(), torch.full((1, 8), 8.0)))
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
 
@@ -130,7 +133,11 @@ def onednn_available() -> bool:
 def choose_layout(device: torch.device, dtype: torch.dtype) -> Layout:
     """The fastest layout for decoding on `device` in `dtype` (see the module docstring)."""
     cpu_fp32 = device.type == "cpu" and dtype == torch.float32
-    if device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and onednn_available():
+    if (
+        device.type == "cpu"
+        and dtype in (torch.float32, torch.bfloat16)
+        and onednn_available(dtype)
+    ):
         return Layout("onednn", head_in_out=False)
     return Layout("in_out" if cpu_fp32 else "out_in", head_in_out=cpu_fp32)
 

@@ -145,7 +145,7 @@ def test_bfloat16_layouts_agree(tiny_checkpoint: Path, batch: int) -> None:
     ids = torch.arange(24).view(1, 24).repeat(batch, 1)
     outs = []
     for layout in [Layout("out_in", False)] + (
-        [Layout("onednn", False)] if onednn_available() else []
+        [Layout("onednn", False)] if onednn_available(torch.bfloat16) else []
     ):
         m = load_checkpoint(tiny_checkpoint, dtype=torch.bfloat16, layout=layout)
         outs.append(m(ids, m.new_cache(batch), all_logits=True))
