@@ -16,12 +16,12 @@ SHAPES = {  # name: (n_layer, n_embd, n_head)
     "xl": (48, 1600, 25),
 }
 
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 
 
 def checkpoint(shape: str) -> Path:
     """A random-weight checkpoint at `shape` (built once, then reused from benchmarks/.cache)."""
-    from checkpoints import build_checkpoint
+    from tests.support.checkpoints import build_checkpoint
 
     folder = CACHE / shape
     if not (folder / "model.safetensors").is_file() or not (folder / "tokenizer.json").is_file():

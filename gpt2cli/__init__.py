@@ -8,18 +8,28 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_model": "gpt2cli.engine",
-    "generate": "gpt2cli.engine",
-    "complete": "gpt2cli.engine",
-    "LoadedModel": "gpt2cli.engine",
-    "Completion": "gpt2cli.engine",
-    "SamplingParams": "gpt2cli.sampling",
+    "load_model": "gpt2cli.runtime.loader",
+    "LoadedModel": "gpt2cli.runtime.loader",
+    "generate": "gpt2cli.runtime.generate",
+    "complete": "gpt2cli.runtime.generate",
+    "Completion": "gpt2cli.types",
+    "Delta": "gpt2cli.types",
+    "Finish": "gpt2cli.types",
+    "GenerationConfig": "gpt2cli.types",
+    "LoadOptions": "gpt2cli.types",
+    "SamplingParams": "gpt2cli.types",
+    "Start": "gpt2cli.types",
 }
 
 __all__ = [
     "Completion",
+    "Delta",
+    "Finish",
+    "GenerationConfig",
+    "LoadOptions",
     "LoadedModel",
     "SamplingParams",
+    "Start",
     "__version__",
     "complete",
     "generate",
@@ -27,8 +37,17 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from gpt2cli.engine import Completion, LoadedModel, complete, generate, load_model
-    from gpt2cli.sampling import SamplingParams
+    from gpt2cli.runtime.generate import complete, generate
+    from gpt2cli.runtime.loader import LoadedModel, load_model
+    from gpt2cli.types import (
+        Completion,
+        Delta,
+        Finish,
+        GenerationConfig,
+        LoadOptions,
+        SamplingParams,
+        Start,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -1,8 +1,11 @@
-"""The `gpt2` command: a Typer app. Commands live in gpt2cli/commands/, one module per group, each
-with a `register(app)`. Nothing here imports torch: `gpt2 --help` and completion stay fast."""
+"""The `gpt2` command: a Typer app with every command registered explicitly, and the one place
+where exceptions become exit statuses (gpt2cli/errors.py's table), Ctrl-C ends a command with
+130 and a closed pipe with 141. Nothing here imports torch: `gpt2 --help` and completion stay
+fast."""
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import sys
@@ -12,21 +15,9 @@ from typing import Any
 
 import typer
 
-from gpt2cli import __version__
-from gpt2cli.commands import options
-from gpt2cli.errors import Gpt2Error, ParamError
-from gpt2cli.io import silence_stdout
-
-
-def _click_exception(name: str) -> type[Exception]:
-    """Click's exception class `name`, as the typer in use raises it: typer >= 0.26 vendors its
-    own copy of click (and click itself may be absent), older ones use click. Found through
-    typer's public `BadParameter`, whose bases they are, so no click import is needed."""
-    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
-
-
-ClickException = _click_exception("ClickException")
-ClickUsageError = _click_exception("UsageError")
+from gpt2cli import __version__, console
+from gpt2cli.commands import cache, generate, options, repl, score
+from gpt2cli.errors import EXIT_CLOSED_PIPE, EXIT_INTERRUPTED, ClosedPipe, Interrupted, describe
 
 HELP = """Run OpenAI's GPT-2 locally: generate text, chat in a REPL, score text.
 
@@ -47,25 +38,20 @@ app = typer.Typer(
 )
 
 
-class ClosedPipe(Exception):
-    """stdout's reader went away. Deliberately not an OSError: Typer turns an EPIPE OSError
-    into exit status 1, and a closed pipe should end quietly with 141 (128 + SIGPIPE)."""
+def _click_exception(name: str) -> type[Exception]:
+    """Click's exception class `name`, as the typer in use raises it: typer >= 0.26 vendors its
+    own copy of click (and click itself may be absent), older ones use click. Found through
+    typer's public `BadParameter`, whose bases they are, so no click import is needed."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
 
 
-class Interrupted(Exception):
-    """Ctrl-C inside a command. Typer turns KeyboardInterrupt into a bare exit 130; this lets
-    `run` end the line first, so the shell prompt does not land after `^C`."""
-
-
-def _closed_pipe_hook(console: object) -> None:
-    """Rich's Console.on_broken_pipe, which would raise SystemExit(1)."""
-    console.quiet = True  # type: ignore[attr-defined]
-    silence_stdout()
-    raise ClosedPipe
+ClickException = _click_exception("ClickException")
+ClickUsageError = _click_exception("UsageError")
 
 
 def _guarded(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a command so that a closed pipe and Ctrl-C reach `run` (see the two classes)."""
+    """Let a closed pipe and Ctrl-C inside a command reach `run`: Typer would turn an EPIPE
+    OSError into exit 1 and a KeyboardInterrupt into Abort (exit 1)."""
 
     @functools.wraps(command)
     def call(*args: Any, **kwargs: Any) -> Any:
@@ -73,7 +59,8 @@ def _guarded(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except BrokenPipeError:
             raise ClosedPipe from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # nothing ended the line yet (importing torch, loading...)
+            sys.stderr.write("\n")
             raise Interrupted from None
 
     return call
@@ -103,64 +90,37 @@ def _root(
     """Run OpenAI's GPT-2 locally."""
 
 
-def error(message: str, code: int = 1) -> typer.Exit:
-    """Print a one-line error on stderr and return the Exit to raise."""
-    sys.stderr.write(f"gpt2: error: {one_line(message)}\n")
-    sys.stderr.flush()
-    return typer.Exit(code)
-
-
-def one_line(message: str) -> str:
-    return " ".join(str(message).split())
-
-
-def _register_commands() -> None:
-    import importlib
-
-    for name in ("generate", "cache", "repl", "score"):
-        try:
-            module = importlib.import_module(f"gpt2cli.commands.{name}")
-        except ModuleNotFoundError as exc:  # a command group not built yet
-            if exc.name != f"gpt2cli.commands.{name}":
-                raise
-            continue
-        module.register(app)
-    for command in app.registered_commands:
-        command.callback = _guarded(command.callback)
-    import rich.console  # Typer's help and our tables print through Rich
-
-    rich.console.Console.on_broken_pipe = _closed_pipe_hook
-
-
-_register_commands()
+for _group in (generate, repl, score, cache):
+    _group.register(app)
+for _command in app.registered_commands:
+    _command.callback = _guarded(_command.callback)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    code = run(argv)
-    if "torch" in sys.modules:
-        _exit_now(code)
-    sys.exit(code)
+    exit_status: list[int] = []
+    atexit.register(_skip_teardown, exit_status)  # first registered: runs after all others
+    exit_status.append(run(argv))
+    sys.exit(exit_status[0])
 
 
-def _exit_now(code: int) -> None:
-    """End the process without the interpreter's teardown, which with torch loaded takes
-    ~0.4 s (half of a one-token run's overhead) and does nothing a finished command needs:
-    output is flushed and atexit handlers run first."""
-    import atexit
-
+def _skip_teardown(exit_status: list[int]) -> None:
+    """Once every other atexit handler has run, end the process without the interpreter's
+    module teardown, which with torch loaded takes ~0.4 s (half of a one-token run's overhead)
+    and does nothing a finished command needs."""
+    if "torch" not in sys.modules or not exit_status:
+        return
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):  # a closed pipe: nothing more can be written anyway
             pass
-    atexit._run_exitfuncs()
-    os._exit(code)
+    os._exit(exit_status[0])
 
 
 def run(argv: list[str] | None = None) -> int:
     """Run the app and return the exit status, turning known failures into one-line errors and
-    the exit codes scripts expect: 1 error, 2 usage, 130 Ctrl-C, quiet on a closed pipe. With
+    the exit codes scripts expect: 1 error, 2 usage, 130 Ctrl-C, 141 on a closed pipe. With
     `--debug` (or GPT2_DEBUG=1) errors also show their traceback."""
     try:
         result = app(args=argv, prog_name="gpt2", standalone_mode=False)
@@ -172,29 +132,28 @@ def run(argv: list[str] | None = None) -> int:
         if isinstance(exc, ClickUsageError) and ctx is not None:
             message += f" (see '{ctx.command_path} --help')"
         return _fail(message, exc.exit_code)
-    except typer.Abort:
+    except typer.Abort as exc:  # Click's answer to Ctrl-C (it ended the line) or EOF
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            return EXIT_INTERRUPTED
         return _fail("aborted", 1)
-    except ParamError as exc:
-        return _fail(options.describe(exc), exc.exit_code)
-    except Gpt2Error as exc:
-        return _fail(str(exc), exc.exit_code)
-    except (KeyboardInterrupt, Interrupted):
-        sys.stderr.write("\n")
-        return 130
-    except (BrokenPipeError, ClosedPipe):
-        silence_stdout()
-        return 141
-    except OSError as exc:
-        return _fail(str(exc), 1)
+    except SystemExit as exc:  # Rich (Typer's help) met a closed pipe and silenced stdout
+        if exc.code == 1 and console.stdout_is_silenced():
+            return EXIT_CLOSED_PIPE
+        raise
     except Exception as exc:
-        return _fail(f"unexpected {type(exc).__name__}: {exc}", 1, hint=True)
+        message, code = describe(exc)
+        if isinstance(exc, (BrokenPipeError, ClosedPipe)):
+            console.silence_stdout()
+        if message is not None:
+            return _fail(message, code, hint=message.startswith("unexpected "))
+        return code
     return result if isinstance(result, int) else 0
 
 
 def _fail(message: str, code: int, hint: bool = False) -> int:
-    if options.debug_enabled():
+    if console.debug_enabled():
         traceback.print_exc()
     elif hint:
         message += " (run with --debug for the traceback)"
-    error(message, code)
+    console.error(message)
     return code

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 
 TORCH = "torch==2.13.0"
 
@@ -87,8 +87,8 @@ def _ignored(folder: str, names: list[str]) -> set[str]:
 
 
 def check(venv: Path, home: Path) -> None:
-    from checkpoints import build_checkpoint
-    from fakehub import FakeHub
+    from tests.support.checkpoints import build_checkpoint
+    from tests.support.fakehub import FakeHub
 
     ckpt = build_checkpoint(home / "tiny", layout="hub")
     env = {

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from checkpoints import build_checkpoint  # noqa: E402
+from tests.support.checkpoints import build_checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +54,7 @@ def long_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def fake_hub(monkeypatch: pytest.MonkeyPatch):
     """A fake Hugging Face Hub on 127.0.0.1 (tests/fakehub.py); HF_ENDPOINT points at it."""
-    from fakehub import FakeHub
+    from tests.support.fakehub import FakeHub
 
     hub = FakeHub()
     monkeypatch.setenv("HF_ENDPOINT", hub.url)

@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-from fakehub import FakeHub, gpt2_command, repo_cache, run_gpt2
+
+from tests.support.fakehub import FakeHub, gpt2_command, repo_cache, run_gpt2
 
 
 def download(*args: str) -> Path:
@@ -115,7 +116,7 @@ def test_rm_asks_then_removes(fake_hub: FakeHub, tiny_checkpoint: Path) -> None:
 
 
 def test_rm_one_revision(fake_hub: FakeHub, tiny_checkpoint: Path, tmp_path: Path) -> None:
-    from checkpoints import build_checkpoint
+    from tests.support.checkpoints import build_checkpoint
 
     main = fake_hub.add_repo("tester/tiny", tiny_checkpoint)
     v1 = fake_hub.add_repo("tester/tiny", build_checkpoint(tmp_path / "v1", seed=5), revision="v1")

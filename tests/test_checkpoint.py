@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from gpt2cli.checkpoint import load_checkpoint
 from gpt2cli.errors import CheckpointError
+from gpt2cli.model.checkpoint import load_checkpoint
 
 
 def copy(src: Path, dst: Path) -> Path:

@@ -10,18 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt2cli.engine import (
-    Delta,
-    Finish,
-    LoadedModel,
-    Start,
-    complete,
-    fit_prompt,
-    generate,
-    load_model,
-)
 from gpt2cli.errors import ParamError
-from gpt2cli.sampling import SamplingParams
+from gpt2cli.runtime.generate import complete, fit_prompt, generate
+from gpt2cli.runtime.loader import LoadedModel, load_model
+from gpt2cli.types import Delta, Finish, SamplingParams, Start
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from cli_helpers import assert_one_line_error, gpt2
+
+from tests.support.cli import assert_one_line_error, gpt2
 
 BAD_FLAGS = [
     (["-k", "-1"], "--top-k"),

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from cli_helpers import ESCAPE, Screen, gpt2, gpt2_argv, squeeze
 
-from gpt2cli.engine import LoadedModel, complete, load_model
-from gpt2cli.render import JSON_FIELDS
-from gpt2cli.sampling import SamplingParams
-from gpt2cli.wrap import visible
+from gpt2cli.runtime.generate import complete
+from gpt2cli.runtime.loader import LoadedModel, load_model
+from gpt2cli.types import SamplingParams
+from gpt2cli.ui.records import JSON_FIELDS
+from gpt2cli.ui.wrap import visible
+from tests.support.cli import ESCAPE, Screen, gpt2, gpt2_argv, squeeze
 
 
 @pytest.fixture(scope="module")
@@ -143,12 +144,15 @@ def test_ctrl_c_stops_and_keeps_the_text(long_checkpoint: Path) -> None:
 def test_ctrl_c_with_samples_still_writes_every_sample(long_checkpoint: Path) -> None:
     argv = gpt2_argv("generate", "-m", str(long_checkpoint), "--device", "cpu", "--json")
     proc = subprocess.Popen(
-        [*argv, "-n", "8000", "--ignore-eos", "--samples", "3", "-s", "1", "Hello"],
+        [*argv, "-v", "-n", "8000", "--ignore-eos", "--samples", "3", "-s", "1", "Hello"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    time.sleep(4)  # loaded and decoding (JSON lines only come at the end)
+    # JSON lines only come at the end: --verbose says on stderr when decoding has begun.
+    for line in proc.stderr:
+        if b"first token after" in line:
+            break
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
@@ -190,7 +194,7 @@ def test_stop_escapes() -> None:
 
 
 def test_read_prompt_sources(tmp_path: Path) -> None:
-    from gpt2cli.io import read_prompt
+    from gpt2cli.ui.prompt_input import read_prompt
 
     with open(os.devnull) as devnull:  # not a pipe: never read, so nothing blocks on a tty
         assert read_prompt("arg", devnull).text == "arg"

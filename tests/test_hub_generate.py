@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from fakehub import FakeHub, gpt2_command, run_gpt2
+from tests.support.fakehub import FakeHub, gpt2_command, run_gpt2
 
 REPO = "tester/tiny"
 GENERATE = ("generate", "-m", REPO, "-n", "5", "--seed", "1", "Once upon a time")

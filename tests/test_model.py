@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt2cli.checkpoint import load_checkpoint
-from gpt2cli.engine import complete, load_model
-from gpt2cli.model import Layout, choose_layout, onednn_available
-from gpt2cli.sampling import SamplingParams
+from gpt2cli.model.checkpoint import load_checkpoint
+from gpt2cli.model.linear import Layout, choose_layout, onednn_available
+from gpt2cli.runtime.generate import complete
+from gpt2cli.runtime.loader import load_model
+from gpt2cli.types import SamplingParams
 
 
 def reference(folder: Path):
@@ -106,20 +107,24 @@ def test_window_overflow_is_refused(tiny_checkpoint: Path) -> None:
 
 def test_static_step_for_cuda_graphs_equals_eager(tiny_checkpoint: Path) -> None:
     """The CUDA-graph path's logic (fixed shapes, masked full-window attention, device-side
-    position) runs on CPU too: it must give the eager path's logits and greedy tokens."""
-    from gpt2cli.decoder import EagerDecoder, GraphDecoder
+    positions) runs on CPU too: it must give the eager path's logits and greedy tokens."""
+    from gpt2cli.runtime.steppers import EagerStepper, GraphStepper
 
     model = load_checkpoint(tiny_checkpoint)
-    prompt = torch.tensor([[5, 17, 42, 7]] * 2)
-    eager, static = EagerDecoder(model, 2), GraphDecoder(model, 2, capture=False)
-    a, b = eager.prefill(prompt), static.prefill(prompt)
-    for _ in range(model.config.n_positions - prompt.shape[1]):
+    prompt = torch.tensor([5, 17, 42, 7])
+    eager, static = EagerStepper(model, 2), GraphStepper(model, 2, capture=False)
+    for stepper in (eager, static):
+        stepper.prefill(0, prompt), stepper.prefill(1, prompt)
+    a = b = model(prompt.view(1, -1), model.new_cache(1)).repeat(2, 1)
+    length = len(prompt)
+    for _ in range(model.config.n_positions - len(prompt)):
         assert (a - b).abs().max().item() <= 1e-4
         nxt = a.argmax(-1)
-        a, b = eager.step(nxt), static.step(nxt)
-    assert static.length == eager.length == model.config.n_positions
+        a, b = eager.decode(nxt, [length] * 2), static.decode(nxt, [length] * 2)
+        length += 1
+    assert length == model.config.n_positions
     with pytest.raises(ValueError, match="full"):
-        static.step(nxt)
+        static.decode(nxt, [length] * 2)
 
 
 def test_engine_uses_static_decoder_when_asked(tiny_checkpoint: Path) -> None:

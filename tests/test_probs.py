@@ -14,13 +14,21 @@ from pathlib import Path
 import pexpect
 import pytest
 import torch
-from cli_helpers import ESCAPE, assert_one_line_error, gpt2, gpt2_argv, spawn_in_terminal, squeeze
 
-from gpt2cli.engine import Delta, LoadedModel, complete, generate, load_model
-from gpt2cli.probs import LEVELS, TokenColourer, candidate_lines, prob_style
-from gpt2cli.sampling import SamplingParams
-from gpt2cli.scoring import Candidate, CandidateStep
-from gpt2cli.wrap import visible
+from gpt2cli.runtime.generate import complete, generate
+from gpt2cli.runtime.loader import LoadedModel, load_model
+from gpt2cli.runtime.scoring import Candidate, CandidateStep
+from gpt2cli.types import Delta, SamplingParams
+from gpt2cli.ui.probs import LEVELS, TokenColourer, candidate_lines, prob_style
+from gpt2cli.ui.wrap import visible
+from tests.support.cli import (
+    ESCAPE,
+    assert_one_line_error,
+    gpt2,
+    gpt2_argv,
+    spawn_in_terminal,
+    squeeze,
+)
 
 COLOUR = re.compile(r"\x1b\[[0-9;]*(3[0-7]|9[0-7]|38;5;\d+)m")  # a foreground colour
 ROW = re.compile(r'^\s+(\d+)\s+("(?:[^"\\]|\\.)*")\s+(\d+)\s+(\d+\.\d\d)%')

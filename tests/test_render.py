@@ -8,14 +8,15 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from cli_helpers import ESCAPE, Screen, squeeze
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from gpt2cli.engine import Completion, Delta, Finish, Start
-from gpt2cli.render import JSON_FIELDS, Renderer
-from gpt2cli.wrap import WrappingWriter, visible
+from gpt2cli.types import Completion, Delta, Finish, Start
+from gpt2cli.ui.records import JSON_FIELDS
+from gpt2cli.ui.render import Renderer
+from gpt2cli.ui.wrap import WrappingWriter, visible
+from tests.support.cli import ESCAPE, Screen, squeeze
 
 
 def completion(text: str, reason: str = "length", seed: int = 7) -> Completion:

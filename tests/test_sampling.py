@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from gpt2cli.errors import ParamError
-from gpt2cli.sampling import SamplingParams, apply_repetition_penalty, sample_next
+from gpt2cli.runtime.sampling import apply_repetition_penalty, sample_next
+from gpt2cli.types import SamplingParams
 
 
 def draws(logits: torch.Tensor, params: SamplingParams, n: int = 400) -> set[int]:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import ESCAPE, assert_one_line_error, gpt2, spawn_in_terminal
 
-from gpt2cli.engine import load_model
-from gpt2cli.scoring import score_ids
+from gpt2cli.runtime.loader import load_model
+from gpt2cli.runtime.scoring import score_ids
+from tests.support.cli import ESCAPE, assert_one_line_error, gpt2, spawn_in_terminal
 
 SHORT = "The quick brown fox jumps over the lazy dog."
 LONG = "Once upon a time, in a land far away, there lived a curious student. " * 20
@@ -32,7 +32,7 @@ def oracle(tiny_checkpoint: Path):
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_checkpoint: Path):
-    from gpt2cli.tokenizer import Tokenizer
+    from gpt2cli.text.tokenizer import Tokenizer
 
     return Tokenizer.from_folder(tiny_checkpoint)
 

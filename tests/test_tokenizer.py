@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpt2cli.errors import CheckpointError
-from gpt2cli.tokenizer import EOT, StreamDecoder, Tokenizer
+from gpt2cli.text.tokenizer import EOT, StreamDecoder, Tokenizer
 
 TEXTS = ["Hello, world!", "Café naïve 東京タワー 🎉🚀👍🏽", "[bold]x[/bold] <|endoftext|> tail", ""]
 

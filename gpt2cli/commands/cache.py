@@ -30,9 +30,10 @@ def download(
 
     [dim]$[/dim] gpt2 download someone/gpt2-poems --revision v1.0
     """
-    from gpt2cli.hub import resolve_model
+    from gpt2cli.hub.fetch import resolve_model
+    from gpt2cli.ui.downloads import RichDownloadProgress
 
-    folder = resolve_model(model, revision=revision)
+    folder = resolve_model(model, revision=revision, progress=RichDownloadProgress)
     typer.echo(str(folder))
 
 
@@ -49,7 +50,7 @@ def models() -> None:
 
     [dim]$[/dim] gpt2 models | awk -F'\\t' '$5 == "yes" {print $2}'
     """
-    from gpt2cli.hub_cache import _cache_dir, cached_models
+    from gpt2cli.hub.cache import cache_dir, cached_models
 
     rows = cached_models()
     if not sys.stdout.isatty():
@@ -57,21 +58,21 @@ def models() -> None:
         for r in rows:
             typer.echo(f"{r.name}\t{r.repo_id}\t{r.revision}\t{r.size_on_disk}\t{r.status}")
         return
-    from rich.console import Console
     from rich.filesize import decimal
-    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(caption=f"cache: {_cache_dir()}", caption_justify="left")
+    from gpt2cli.console import stdout_console
+
+    table = Table(caption=f"cache: {cache_dir()}", caption_justify="left")
     for column in ("Model", "Repo id", "Revision", "Size", "Downloaded"):
         table.add_column(column, justify="right" if column == "Size" else "left")
     colour = {"yes": "green", "partial": "yellow", "no": "dim"}
     for r in rows:
         size = decimal(r.size_on_disk) if r.commit else "-"
-        status = f"[{colour[r.status]}]{r.status}[/]"
-        # Names and revisions come from disk: escaped, so they print as typed, never as markup.
-        table.add_row(escape(r.name), escape(r.repo_id), escape(r.revision), size, status)
-    Console(highlight=False).print(table)
+        # Names and revisions come from disk: plain Text, so they print as typed.
+        table.add_row(r.name, r.repo_id, r.revision, size, Text(r.status, style=colour[r.status]))
+    stdout_console().print(table)
 
 
 def rm(
@@ -93,7 +94,7 @@ def rm(
     """
     from rich.filesize import decimal
 
-    from gpt2cli.hub_cache import plan_removal
+    from gpt2cli.hub.cache import plan_removal
 
     removal = plan_removal(model, revision)
     size = decimal(removal.size_on_disk)

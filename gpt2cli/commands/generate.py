@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from gpt2cli.commands import options
+from gpt2cli.commands.options import DEFAULT_GENERATION as GEN
+from gpt2cli.commands.options import DEFAULT_PARAMS as PARAMS
+from gpt2cli.errors import Interrupted
+from gpt2cli.types import GenerationConfig, LoadOptions, SamplingParams
 
 if TYPE_CHECKING:
-    from gpt2cli.engine import Completion, LoadedModel
-    from gpt2cli.render import Renderer
-    from gpt2cli.sampling import SamplingParams
+    from gpt2cli.runtime.loader import LoadedModel
+    from gpt2cli.types import Completion
+    from gpt2cli.ui.render import Renderer
 
 HELP = (
     "Continue a prompt with GPT-2, streaming the text as it is decoded.\n\n"
@@ -46,14 +51,14 @@ def generate(
         ),
     ] = None,
     model: options.Model = "small",
-    max_tokens: options.MaxTokens = 100,
-    temperature: options.Temperature = 1.0,
-    top_k: options.TopK = 40,
-    top_p: options.TopP = 1.0,
-    repetition_penalty: options.RepetitionPenalty = 1.0,
+    max_tokens: options.MaxTokens = GEN.max_tokens,
+    temperature: options.Temperature = PARAMS.temperature,
+    top_k: options.TopK = PARAMS.top_k,
+    top_p: options.TopP = PARAMS.top_p,
+    repetition_penalty: options.RepetitionPenalty = PARAMS.repetition_penalty,
     seed: options.Seed = None,
     stop: options.Stop = None,
-    ignore_eos: options.IgnoreEos = False,
+    ignore_eos: options.IgnoreEos = GEN.ignore_eos,
     samples: Annotated[
         int,
         typer.Option(
@@ -61,7 +66,7 @@ def generate(
             help="How many continuations to decode (as one batch), shown one after another.",
             rich_help_panel=options.SAMPLING_PANEL,
         ),
-    ] = 1,
+    ] = GEN.samples,
     device: options.Device = "auto",
     dtype: options.Dtype = "auto",
     revision: options.Revision = None,
@@ -91,62 +96,48 @@ def generate(
     debug: options.Debug = False,
 ) -> None:
     # Every flag is checked before torch is imported, so a typo fails in a fraction of a second.
-    params = options.sampling_params(temperature, top_k, top_p, repetition_penalty, seed)
-    options.check_count("max_tokens", max_tokens)
-    options.check_count("samples", samples)
-    stops = options.stop_strings(stop)
-    candidates = options.check_candidates(top_candidates, explain_steps)
-    choice = options.ModelChoice(model, device, dtype, revision, offline, threads)
+    params = SamplingParams(temperature, top_k, top_p, repetition_penalty, seed)
+    config = GenerationConfig(max_tokens, samples, options.stop_strings(stop), ignore_eos)
+    load = LoadOptions(model, device, dtype, revision, offline or None, threads)
+    from gpt2cli.ui.probs import candidates_to_show
 
-    from gpt2cli.io import read_prompt, silence_stdout
-    from gpt2cli.render import Renderer
+    candidates = candidates_to_show(top_candidates, explain_steps)
 
-    options.tolerate_unencodable_output()
+    from gpt2cli import console
+    from gpt2cli.commands.open_model import open_model
+    from gpt2cli.ui.prompt_input import read_prompt
+    from gpt2cli.ui.render import Renderer
+
+    console.tolerate_unencodable_output()
     renderer = Renderer(json_output=json_output, echo=True if echo else None, verbose=verbose)
     text = read_prompt(prompt)
     for warning in text.warnings:
         renderer.warn(warning)
-    try:
-        lm = choice.open()
-        if verbose:
-            renderer.info(options.describe_model(lm))
-        from gpt2cli.engine import generate as run
+    lm = open_model(load)
+    if verbose:
+        renderer.info(lm.describe())
+    from gpt2cli.runtime.generate import generate as run
 
-        top_logprobs = 0
-        if renderer.mode == "json" and (show_probs or candidates):
-            renderer.token_text = lm.tokenizer.token_text
-            top_logprobs = candidates or 5
-        elif show_probs and renderer.mode == "terminal":
-            _colour_tokens(renderer, lm)
-        events = run(
-            lm,
-            text.text,
-            params,
-            max_tokens=max_tokens,
-            stop=stops,
-            ignore_eos=ignore_eos,
-            samples=samples,
-            # per-token log_softmax only when something will show it
-            logprobs=show_probs and (renderer.mode == "json" or renderer.delta_spans is not None),
-            top_logprobs=top_logprobs,
-        )
-        shown = renderer.render(events, prompt=text.text, model=lm.name)
-        if candidates and renderer.mode != "json" and not renderer.interrupted:
-            _explain(renderer, lm, text.text, params, shown, candidates, explain_steps)
-    except KeyboardInterrupt:  # before decoding started (importing torch, loading weights)
-        renderer.interrupted = True
-        renderer.err_console.print()
-    except BrokenPipeError:
-        silence_stdout()
-        raise typer.Exit(141) from None
+    top_logprobs = 0
+    if renderer.mode == "json" and (show_probs or candidates):
+        renderer.token_text = lm.tokenizer.token_text
+        top_logprobs = candidates or 5
+    elif show_probs and renderer.mode == "terminal":
+        _colour_tokens(renderer, lm)
+    # per-token log_softmax only when something will show it
+    logprobs = show_probs and (renderer.mode == "json" or renderer.delta_spans is not None)
+    config = dataclasses.replace(config, logprobs=logprobs, top_logprobs=top_logprobs)
+    shown = renderer.render(run(lm, text.text, params, config), prompt=text.text, model=lm.name)
+    if candidates and renderer.mode != "json" and not renderer.interrupted:
+        _explain(renderer, lm, params, shown, candidates, explain_steps)
     if renderer.interrupted:
-        raise typer.Exit(130)
+        raise Interrupted
 
 
 def _colour_tokens(renderer: Renderer, lm: LoadedModel) -> None:
     """Colour the streamed tokens by probability, and show the scale on stderr (when the
     terminal shows colour at all)."""
-    from gpt2cli.probs import TokenColourer, print_legend, shows_colour
+    from gpt2cli.ui.probs import TokenColourer, print_legend, shows_colour
 
     if not shows_colour(renderer.console):
         return
@@ -158,7 +149,6 @@ def _colour_tokens(renderer: Renderer, lm: LoadedModel) -> None:
 def _explain(
     renderer: Renderer,
     lm: LoadedModel,
-    prompt: str,
     params: SamplingParams,
     shown: list[Completion],
     top_n: int,
@@ -167,13 +157,13 @@ def _explain(
     """The candidate tables after the text: for each sample, its first `steps` tokens."""
     from rich.text import Text
 
-    from gpt2cli.probs import print_candidates
-    from gpt2cli.scoring import candidate_steps
+    from gpt2cli.runtime.scoring import candidate_steps
+    from gpt2cli.ui.probs import print_candidates
 
     plain = renderer.mode == "plain"
     tok = lm.tokenizer
     for i, completion in enumerate(shown):
-        context = (tok.encode(prompt) or [tok.eot_id])[-completion.prompt_tokens :]
+        context = completion.prompt_ids  # as the model saw it (after any truncation)
         sampled: list[int | None] = list(completion.token_ids)
         if completion.finish_reason == "eos":
             sampled.append(tok.eot_id)  # the step that picked <|endoftext|>

@@ -1,17 +1,18 @@
-"""`gpt2 repl`: an interactive session (gpt2cli/repl.py) taking generate's model and sampling
+"""`gpt2 repl`: an interactive session (gpt2cli/repl/) taking generate's model and sampling
 flags."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+import dataclasses
+from typing import Annotated
 
 import typer
 
 from gpt2cli.commands import options
-from gpt2cli.repl_settings import MODES, Settings, check_mode
-
-if TYPE_CHECKING:
-    pass
+from gpt2cli.commands.options import DEFAULT_GENERATION as GEN
+from gpt2cli.commands.options import DEFAULT_PARAMS as PARAMS
+from gpt2cli.repl.settings import MODES, Settings, check_mode
+from gpt2cli.types import GenerationConfig, LoadOptions, SamplingParams
 
 HELP = (
     "Explore GPT-2 interactively: load the model once, then type prompts and watch the "
@@ -36,21 +37,21 @@ EPILOG = """[bold]Examples[/bold]
 
 def repl(
     model: options.Model = "small",
-    max_tokens: options.MaxTokens = 100,
-    temperature: options.Temperature = 1.0,
-    top_k: options.TopK = 40,
-    top_p: options.TopP = 1.0,
-    repetition_penalty: options.RepetitionPenalty = 1.0,
+    max_tokens: options.MaxTokens = GEN.max_tokens,
+    temperature: options.Temperature = PARAMS.temperature,
+    top_k: options.TopK = PARAMS.top_k,
+    top_p: options.TopP = PARAMS.top_p,
+    repetition_penalty: options.RepetitionPenalty = PARAMS.repetition_penalty,
     seed: options.Seed = None,
     stop: options.Stop = None,
-    ignore_eos: options.IgnoreEos = False,
+    ignore_eos: options.IgnoreEos = GEN.ignore_eos,
     mode: Annotated[
         str,
         typer.Option(
             "--mode",
             help="fresh: each entry stands alone; continue: the running text is the context.",
             autocompletion=lambda incomplete: [m for m in MODES if m.startswith(incomplete)],
-            rich_help_panel=options.SAMPLING_PANEL,
+            rich_help_panel=options.SESSION_PANEL,
         ),
     ] = "fresh",
     device: options.Device = "auto",
@@ -62,31 +63,29 @@ def repl(
     debug: options.Debug = False,
 ) -> None:
     # Every flag is checked before torch is imported, as for generate.
-    params = options.sampling_params(temperature, top_k, top_p, repetition_penalty, seed)
-    options.check_count("max_tokens", max_tokens)
-    stops = options.stop_strings(stop)
-    choice = options.ModelChoice(model, device, dtype, revision, offline, threads)
+    params = SamplingParams(temperature, top_k, top_p, repetition_penalty, seed)
+    config = GenerationConfig(max_tokens, stop=options.stop_strings(stop), ignore_eos=ignore_eos)
+    load = LoadOptions(model, device, dtype, revision, offline or None, threads)
     mode = check_mode(mode)
-    settings = Settings(params, max_tokens, stops, ignore_eos)
 
-    from gpt2cli.render import Renderer
+    from gpt2cli import console
+    from gpt2cli.commands.open_model import open_model
+    from gpt2cli.errors import Interrupted
+    from gpt2cli.repl.loop import run_session
+    from gpt2cli.repl.session import Session
+    from gpt2cli.ui.render import Renderer
 
-    options.tolerate_unencodable_output()
-    lm = choice.open()
-
-    from gpt2cli.repl import Session, run_session
-
+    console.tolerate_unencodable_output()
     session = Session(
-        lm,
-        settings,
+        open_model(load),
+        Settings(params, config),
         mode=mode,
         renderer=Renderer(echo=False, verbose=verbose),
-        load=choice.open,
+        load=lambda name: open_model(dataclasses.replace(load, model=name)),
         parse_stop=options.stop_strings,
     )
-    code = run_session(session)
-    if code:
-        raise typer.Exit(code)
+    if run_session(session):
+        raise Interrupted
 
 
 def register(app: typer.Typer) -> None:

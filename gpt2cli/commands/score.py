@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import TYPE_CHECKING, Annotated
 
@@ -10,10 +9,11 @@ import typer
 
 from gpt2cli.commands import options
 from gpt2cli.errors import ParamError, UsageError
+from gpt2cli.types import LoadOptions
 
 if TYPE_CHECKING:
-    from gpt2cli.engine import LoadedModel
-    from gpt2cli.scoring import TextScore
+    from gpt2cli.runtime.loader import LoadedModel
+    from gpt2cli.runtime.scoring import TextScore
 
 HELP = (
     "Score a text with GPT-2: its perplexity, exp(mean negative log-likelihood per token); "
@@ -58,7 +58,7 @@ def score(
             "[1, window - 1] (default: half the window).",
             metavar="N",
             show_default=False,
-            rich_help_panel=options.PROBS_PANEL,
+            rich_help_panel=options.SCORING_PANEL,
         ),
     ] = None,
     bos: Annotated[
@@ -66,7 +66,7 @@ def score(
         typer.Option(
             "--bos/--no-bos",
             help="Score the text after <|endoftext|>, so that its first token is scored too.",
-            rich_help_panel=options.PROBS_PANEL,
+            rich_help_panel=options.SCORING_PANEL,
         ),
     ] = True,
     device: options.Device = "auto",
@@ -88,35 +88,36 @@ def score(
 ) -> None:
     if stride is not None and stride < 1:
         raise ParamError("stride", f"must be an integer >= 1, got {stride}")
-    choice = options.ModelChoice(model, device, dtype, revision, offline, threads)
+    load = LoadOptions(model, device, dtype, revision, offline or None, threads)
 
-    from rich.console import Console
     from rich.text import Text
 
-    from gpt2cli.io import read_prompt
+    from gpt2cli import console
+    from gpt2cli.commands.open_model import open_model
+    from gpt2cli.ui.prompt_input import read_prompt
+    from gpt2cli.ui.records import json_line
 
-    options.tolerate_unencodable_output()
-    out = Console(file=sys.stdout, highlight=False, markup=False, emoji=False)
-    err = Console(file=sys.stderr, highlight=False, markup=False, emoji=False)
+    console.tolerate_unencodable_output()
+    out = console.stdout_console()
     source = read_prompt(text)
     for warning in source.warnings:
-        err.print(Text(f"gpt2: warning: {warning}", style="yellow"), soft_wrap=True)
+        console.warn(warning)
     if not source.text:
         raise UsageError("nothing to score: give TEXT, or pipe text on stdin")
 
-    lm = choice.open()
+    lm = open_model(load)
     if verbose:
-        err.print(Text(options.describe_model(lm), style="dim"), soft_wrap=True)
+        console.info(lm.describe())
 
-    from gpt2cli.scoring import score_text
+    from gpt2cli.runtime.scoring import score_text
 
     result = score_text(lm, source.text, stride=stride, bos=bos)
     if json_output:
-        sys.stdout.write(json.dumps(score_record(result, lm, tokens), ensure_ascii=False) + "\n")
+        sys.stdout.write(json_line(score_record(result, lm, tokens), sys.stdout))
         sys.stdout.flush()
         return
 
-    from gpt2cli.probs import print_score_tokens, score_summary
+    from gpt2cli.ui.probs import print_score_tokens, score_summary
 
     if tokens:
         print_score_tokens(out, result, plain=not out.is_terminal)

@@ -7,14 +7,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from gpt2cli.errors import UsageError
-from gpt2cli.repl_input import BLOCK
-from gpt2cli.repl_settings import SETTINGS, check_mode, setting_text, updated
-
-if TYPE_CHECKING:
-    from gpt2cli.repl import Session
+from gpt2cli.errors import Gpt2Error, ParamError, UsageError
+from gpt2cli.repl.input import BLOCK
+from gpt2cli.repl.session import Session
+from gpt2cli.repl.settings import SETTINGS, check_mode, setting_text, updated
 
 
 @dataclass(frozen=True)
@@ -97,7 +94,7 @@ def _mode(session: Session, args: str) -> None:
 
 @command("reset", "/reset", "clear the running text")
 def _reset(session: Session, args: str) -> None:
-    session.context, session.trimming = "", False
+    session.reset()
     session.say("the running text is cleared", "dim")
 
 
@@ -111,7 +108,7 @@ def _model(session: Session, args: str) -> None:
         session.error("switching models is not available here")
         return
     try:
-        session.lm = session.load(name)
+        session.switch_model(name)
     except KeyboardInterrupt:
         session.say("\nmodel switch cancelled", "dim")
         return
@@ -144,34 +141,19 @@ EXPLAIN_CANDIDATES = 10
 
 @command("probs", "/probs on|off", "colour each generated token by its probability")
 def _probs(session: Session, args: str) -> None:
-    from gpt2cli.probs import TokenColourer, print_legend, shows_colour
-
     value = args.strip().lower()
     if value not in ("on", "off"):
         raise UsageError("usage: /probs on|off")
-    renderer = session.renderer
-    renderer.delta_spans = None
-    session.engine_options.pop("logprobs", None)
-    if value == "off":
-        session.say("probabilities: off", "dim")
-    elif renderer.mode != "terminal" or not shows_colour(renderer.console):
+    if not session.colour_tokens(value == "on"):
         session.say("probabilities: the colours show on a colour terminal only", "dim")
-    else:
-
-        class Colourer(TokenColourer):
-            def reset(self) -> None:
-                self.tokenizer = session.lm.tokenizer  # the model may have been switched
-                super().reset()
-
-        renderer.delta_spans = Colourer(session.lm.tokenizer)
-        session.engine_options["logprobs"] = True
-        print_legend(renderer.err_console)
+    elif value == "off":
+        session.say("probabilities: off", "dim")
 
 
 @command("explain", "/explain [TEXT]", "the likeliest next tokens after the running text or TEXT")
 def _explain(session: Session, args: str) -> None:
-    from gpt2cli.probs import print_candidates
-    from gpt2cli.scoring import candidate_steps
+    from gpt2cli.runtime.scoring import candidate_steps
+    from gpt2cli.ui.probs import print_candidates
 
     text = session.prompt_for(args) if args else session.context
     context = session.lm.tokenizer.encode(text)
@@ -179,3 +161,18 @@ def _explain(session: Session, args: str) -> None:
     steps = candidate_steps(session.lm, context, [None], params, EXPLAIN_CANDIDATES)
     console = session.renderer.err_console  # like every message: stdout is the model's text
     print_candidates(console, steps, plain=not console.is_terminal)
+
+
+def run_command(session: Session, line: str) -> None:
+    """Run the slash command `line` (with its leading /); report a bad one on stderr."""
+    name, _, args = line[1:].partition(" ")
+    cmd = COMMANDS.get(name.lower())
+    if cmd is None:
+        session.error(f"unknown command /{name}: type /help for the list")
+        return
+    try:
+        cmd.run(session, args)
+    except ParamError as exc:
+        session.error(exc.for_setting())
+    except Gpt2Error as exc:
+        session.error(str(exc))

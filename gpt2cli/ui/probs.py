@@ -18,11 +18,12 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from gpt2cli.tokenizer import StreamDecoder, Tokenizer
+from gpt2cli.errors import ParamError
+from gpt2cli.text.tokenizer import StreamDecoder, Tokenizer
 
 if TYPE_CHECKING:
-    from gpt2cli.engine import Delta
-    from gpt2cli.scoring import Candidate, CandidateStep, TextScore
+    from gpt2cli.runtime.scoring import Candidate, CandidateStep, TextScore
+    from gpt2cli.types import Delta
 
 # (lowest probability, label, colour), most likely first: a fixed scale, the same for every run.
 LEVELS = (
@@ -34,6 +35,7 @@ LEVELS = (
 )
 _STYLES = [Style(color=colour) for _, _, colour in LEVELS]
 BAR_WIDTH = 20
+MAX_CANDIDATES = 20  # rows of a candidate table
 _EIGHTHS = " ▏▎▍▌▋▊▉"
 Span = tuple[str, Style | None]
 
@@ -107,6 +109,20 @@ class TokenColourer:
             else:
                 pending[0][0] = piece[n:]
         return out
+
+
+def candidates_to_show(top_candidates: int | None, explain_steps: int | None) -> int:
+    """The number of candidates to show per token (0: no tables), from --top-candidates and
+    --explain-steps (which alone means 5)."""
+    if top_candidates is not None and not 1 <= top_candidates <= MAX_CANDIDATES:
+        raise ParamError(
+            "top_candidates", f"must be an integer in [1, {MAX_CANDIDATES}], got {top_candidates}"
+        )
+    if explain_steps is not None and explain_steps < 1:
+        raise ParamError("explain_steps", f"must be an integer >= 1, got {explain_steps}")
+    if top_candidates is None:
+        return 5 if explain_steps is not None else 0
+    return top_candidates
 
 
 def token_label(text: str) -> str:

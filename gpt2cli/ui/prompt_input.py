@@ -1,5 +1,4 @@
-"""Where the prompt comes from (argument, stdin, or both) and how stdout is silenced when the
-reader of a pipe goes away. No torch, no Rich."""
+"""Where a prompt comes from: the argument, stdin, or both. No torch, no Rich."""
 
 from __future__ import annotations
 
@@ -68,14 +67,3 @@ def read_prompt(argument: str | None, stdin: TextIO | None = None) -> Prompt:
     if argument not in (None, "-"):
         text = f"{text}\n{argument}" if text else argument
     return Prompt(text, warnings)
-
-
-def silence_stdout() -> None:
-    """After a BrokenPipeError (`gpt2 generate ... | head -c 10`): point stdout at /dev/null so
-    the interpreter's final flush of buffered text cannot fail a second time."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):
-        pass

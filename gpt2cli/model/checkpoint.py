@@ -8,7 +8,6 @@ plain reads (see tensorfile.py) straight into the model, so two full copies neve
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -16,57 +15,12 @@ import torch
 from torch import nn
 
 from gpt2cli.errors import CheckpointError
-from gpt2cli.model import GPT2, GPT2Config, Layout, Linear, choose_layout
-from gpt2cli.tensorfile import TensorFile, TensorFileError, TensorInfo
+from gpt2cli.model.config import GPT2Config, read_config, weight_files
+from gpt2cli.model.gpt2 import GPT2
+from gpt2cli.model.linear import Layout, Linear, choose_layout
+from gpt2cli.model.tensorfile import TensorFile, TensorFileError, TensorInfo
 
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
-_FIX = "convert it with transformers (`model.save_pretrained(folder)` writes model.safetensors)"
-
-
-def read_config(folder: Path) -> GPT2Config:
-    path = folder / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{folder} has no config.json: not a GPT-2 checkpoint folder")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path} is not a JSON object")
-    if raw.get("model_type", "gpt2") != "gpt2":
-        raise CheckpointError(
-            f"{folder} holds a {raw.get('model_type')!r} model, not GPT-2 "
-            "(config.json's model_type must be 'gpt2')"
-        )
-    try:
-        return GPT2Config.from_dict(raw)
-    except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
-
-
-def weight_files(folder: Path) -> list[Path]:
-    """The safetensors files holding the weights: one file, or the shards an index names."""
-    single = folder / "model.safetensors"
-    if single.is_file():
-        return [single]
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            names = sorted(set(weight_map.values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise CheckpointError(f"{index} is not a valid safetensors index: {exc}") from None
-        missing = [n for n in names if not (folder / n).is_file()]
-        if missing:
-            raise CheckpointError(f"{folder} is missing weight shard(s): {', '.join(missing)}")
-        return [folder / n for n in names]
-    pickles = [p.name for p in folder.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
-    if pickles:
-        raise CheckpointError(
-            f"{folder} has only {pickles[0]} (a pickle, which gpt2cli never loads for safety); "
-            + _FIX
-        )
-    raise CheckpointError(f"{folder} has no model.safetensors: no weights to load")
 
 
 def _expected_shapes(cfg: GPT2Config) -> dict[str, tuple[int, ...]]:
@@ -123,7 +77,7 @@ def load_checkpoint(
     layout: Layout | None = None,
 ) -> GPT2:
     """Build the GPT2 module of `folder` on `device` in `dtype`, in eval mode. `layout` picks how
-    weights are stored (default: the fastest for this device and dtype, see model.py)."""
+    weights are stored (default: the fastest for this device and dtype, see linear.py)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder} is not a folder")

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 
 import torch
 
-from gpt2cli.engine import LoadedModel
 from gpt2cli.errors import ParamError, UsageError
-from gpt2cli.sampling import SamplingParams, apply_repetition_penalty, candidate_distribution
+from gpt2cli.runtime.loader import LoadedModel
+from gpt2cli.runtime.sampling import apply_repetition_penalty, candidate_distribution
+from gpt2cli.types import SamplingParams
 
 
 @dataclass(frozen=True)

@@ -11,52 +11,28 @@ huggingface_hub is imported inside functions (it pulls in httpx and tqdm); never
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from gpt2cli.errors import CheckpointError, DownloadError, ModelNotFoundError
-from gpt2cli.hub_progress import DownloadDisplay, quiet_hub_logs
-
-SIZES: dict[str, str] = {
-    "small": "openai-community/gpt2",
-    "medium": "openai-community/gpt2-medium",
-    "large": "openai-community/gpt2-large",
-    "xl": "openai-community/gpt2-xl",
-}
-DEFAULT_REVISION = "main"
+from gpt2cli.hub.integrity import verify_blob
+from gpt2cli.hub.names import DEFAULT_REVISION, SIZES, local_folder, repo_id_for
+from gpt2cli.hub.progress import DownloadProgress, ProgressFactory, quiet_hub_logs
+from gpt2cli.model.config import SHARD_INDEX, SINGLE_FILE, read_config, shard_names
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
-def repo_id_for(name: str) -> str:
-    """The Hub repo id behind a size name or an `owner/name` id."""
-    if name in SIZES:
-        return SIZES[name]
-    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
-        from huggingface_hub.errors import HFValidationError
-        from huggingface_hub.utils import validate_repo_id
-
-        try:
-            validate_repo_id(name)
-            return name
-        except HFValidationError:
-            pass
-    raise ModelNotFoundError(
-        f"unknown model {name!r}: use small, medium, large, xl, a Hub repo id (owner/name) "
-        "or the path of an existing folder"
-    )
-
-
-def local_folder(name: str) -> Path | None:
-    """The folder `name` names, if it is one (size names win over same-named folders)."""
-    path = Path(name).expanduser()
-    return path if name not in SIZES and path.is_dir() else None
-
-
-def resolve_model(name: str, *, revision: str | None = None, offline: bool | None = None) -> Path:
+def resolve_model(
+    name: str,
+    *,
+    revision: str | None = None,
+    offline: bool | None = None,
+    progress: ProgressFactory | None = None,
+) -> Path:
     """Return the local folder holding checkpoint `name` (a size, a repo id, or a folder),
-    downloading what is missing into the Hugging Face cache, with progress on stderr.
+    downloading what is missing into the Hugging Face cache, with progress on stderr
+    (`progress(repo_id)` makes the display; default: a plain line per file).
 
     offline: True never touches the network; None follows HF_HUB_OFFLINE.
     """
@@ -70,7 +46,8 @@ def resolve_model(name: str, *, revision: str | None = None, offline: bool | Non
 
         if constants.is_offline_mode():
             offline_reason = "HF_HUB_OFFLINE=1"
-    with quiet_hub_logs(), DownloadDisplay(repo_id) as display:
+    make_display = progress or DownloadProgress
+    with quiet_hub_logs(), make_display(repo_id) as display:
         fetch = _Fetch(name, repo_id, revision or DEFAULT_REVISION, display, offline_reason)
         return fetch.run()
 
@@ -80,19 +57,13 @@ class _NotCached(Exception):
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:
-    """Transfer failures of whichever HTTP client this huggingface_hub uses (httpx2 in 2.x)."""
-    import importlib
-
+    """Transfer failures: huggingface_hub's `errors.HTTPError` is its HTTP client's base error
+    (connection refused, timeouts, broken transfers), and Xet transfers have their own."""
     from huggingface_hub import errors
 
-    found: list[type[BaseException]] = [OSError, errors.HfHubHTTPError]
-    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError")):
-        try:
-            found.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):
-            pass
+    found: tuple[type[BaseException], ...] = (OSError, errors.HTTPError)
     xet = getattr(errors, "XetDownloadError", None)
-    return (*found, xet) if xet is not None else tuple(found)
+    return (*found, xet) if xet is not None else found
 
 
 def _first_line(exc: BaseException) -> str:
@@ -114,7 +85,7 @@ class _Fetch:
         name: str,
         repo_id: str,
         revision: str,
-        display: DownloadDisplay,
+        display: DownloadProgress,
         offline_reason: str | None,
     ) -> None:
         self.name, self.repo_id, self.requested, self.revision = name, repo_id, revision, revision
@@ -287,44 +258,30 @@ class _Fetch:
     # -- the checkpoint -----------------------------------------------------------------------
 
     def _check_config(self, path: Path) -> None:
-        try:
-            config = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{self.label}: unreadable config.json ({exc})") from None
-        model_type = config.get("model_type") if isinstance(config, dict) else None
-        if model_type != "gpt2":
-            raise CheckpointError(
-                f"{self.label} is not a GPT-2 checkpoint: its config.json has model_type "
-                f"{model_type!r}, expected 'gpt2'"
-            )
+        """Refuse a repo that is not a GPT-2 this code runs, before its weights download."""
+        read_config(path.parent, self.label)
 
     def _weights(self) -> None:
         try:
-            single = self._get("model.safetensors", optional=True)
+            single = self._get(SINGLE_FILE, optional=True)
         except _NotCached:  # offline: a sharded copy may be cached instead
-            if not self._cached("model.safetensors.index.json"):
+            if not self._cached(SHARD_INDEX):
                 raise
             single = None
         if single is not None:
-            self._verify(single, "model.safetensors")
+            self._verify(single, SINGLE_FILE)
             return
-        index = self._get("model.safetensors.index.json", optional=True)
+        index = self._get(SHARD_INDEX, optional=True)
         if index is None:
             raise CheckpointError(
                 f"{self.label} has no safetensors weights (model.safetensors or its sharded "
                 "index); gpt2cli never loads pytorch_model.bin"
             )
         try:
-            shards = sorted(
-                set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
-            )
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise CheckpointError(f"{self.label}: unreadable safetensors index ({exc})") from None
+            shards = shard_names(index)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{self.label}: {exc}") from None
         for shard in shards:
-            if not isinstance(shard, str) or not shard.endswith(".safetensors"):
-                raise CheckpointError(
-                    f"{self.label}: index names a non-safetensors shard {shard!r}"
-                )
             path = self._get(shard)
             assert path is not None
             self._verify(path, shard)
@@ -342,6 +299,4 @@ class _Fetch:
             self._get("merges.txt")
 
     def _verify(self, pointer: Path, filename: str) -> None:
-        from gpt2cli.hub_cache import verify_blob
-
         verify_blob(pointer, f"{filename} from {self.repo_id}", self.display)

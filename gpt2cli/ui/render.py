@@ -18,67 +18,21 @@ sample is returned with finish_reason "interrupted" and `Renderer.interrupted` i
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Protocol, TextIO
+from typing import Protocol, TextIO
 
 from rich.console import Console
-from rich.control import Control, ControlType
 from rich.style import StyleType
 from rich.text import Text
 
-from gpt2cli.wrap import WrappingWriter
-
-if TYPE_CHECKING:
-    from gpt2cli.engine import Completion, Delta, Event
+from gpt2cli import console as _out
+from gpt2cli.types import Completion, Delta, Event, Finish, Start, decode_rate
+from gpt2cli.ui.records import completion_json, json_line, stats_line, token_records
+from gpt2cli.ui.wrap import WrappingWriter
 
 MODES = ("terminal", "plain", "json")
-JSON_FIELDS = (
-    "text",
-    "prompt_tokens",
-    "completion_tokens",
-    "finish_reason",
-    "seed",
-    "model",
-    "time_to_first_token_s",
-    "tokens_per_s",
-)
-
-
-def stats_line(c: Completion, label: str = "") -> str:
-    line = (
-        f"{c.completion_tokens} tokens · {c.tokens_per_s:.1f} tok/s · "
-        f"first token {c.time_to_first_token_s:.2f} s · seed {c.seed} · finish: {c.finish_reason}"
-    )
-    return f"{label}{line}"
-
-
-def completion_json(c: Completion, tokens: list[dict] | None = None) -> str:
-    record = {name: getattr(c, name) for name in JSON_FIELDS}
-    for name in ("time_to_first_token_s", "tokens_per_s"):
-        record[name] = round(record[name], 4)
-    if tokens is not None:
-        record["tokens"] = tokens
-    return json.dumps(record, ensure_ascii=False)
-
-
-def token_records(deltas: Iterable[Delta], token_text: Callable[[int], str]) -> list[dict]:
-    """`{text, id, logprob}` (and `top`: the likeliest alternatives, same shape) per token."""
-
-    def record(token: int, logprob: float | None) -> dict:
-        return {"text": token_text(token), "id": token, "logprob": logprob}
-
-    out = []
-    for d in deltas:
-        if d.token_id is None:
-            continue
-        entry = record(d.token_id, d.logprob)
-        if d.top is not None:
-            entry["top"] = [record(i, lp) for i, lp in d.top]
-        out.append(entry)
-    return out
 
 
 class DeltaSpans(Protocol):
@@ -114,19 +68,18 @@ class Renderer:
         delta_spans: DeltaSpans | None = None,
         token_text: Callable[[int], str] | None = None,
     ) -> None:
-        self.out = out if out is not None else sys.stdout
+        self.out = out_stream = out if out is not None else sys.stdout
         if mode is None:
-            is_tty = console.is_terminal if console is not None else _isatty(self.out)
+            is_tty = console.is_terminal if console is not None else _isatty(out_stream)
             mode = "json" if json_output else "terminal" if is_tty else "plain"
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
         self.echo = (mode == "terminal") if echo is None else echo
         self.show_stats = (mode == "terminal" or verbose) if stats is None else stats
-        self.console = console or Console(file=self.out, highlight=False, markup=False, emoji=False)
-        self.err_console = err_console or Console(
-            file=err if err is not None else sys.stderr, highlight=False, markup=False, emoji=False
-        )
+        self.verbose = verbose
+        self.console = console or _out.stdout_console(out_stream)
+        self.err_console = err_console or _out.stderr_console(err)
         self.writer = WrappingWriter(self.console)
         self.delta_spans = delta_spans
         self.token_text = token_text
@@ -134,22 +87,16 @@ class Renderer:
 
     # -- messages on stderr ----------------------------------------------------------------
     def warn(self, message: str) -> None:
-        self._note(Text(f"gpt2: warning: {message}", style="yellow"))
+        _out.warn(message, self.err_console)
 
     def info(self, message: str) -> None:
-        self._note(Text(message, style="dim"))
-
-    def _note(self, text: Text) -> None:
-        # Word-wrapped on a terminal; one line per message in a log file.
-        self.err_console.print(text, soft_wrap=not self.err_console.is_terminal)
+        _out.info(message, self.err_console)
 
     # -- one generation --------------------------------------------------------------------
     def render(
         self, events: Iterable[Event], *, prompt: str = "", model: str = ""
     ) -> list[Completion]:
         """Show a generation as it happens; return its completions in sample order."""
-        from gpt2cli.engine import Delta, Finish, Start
-
         self.interrupted = False
         if self.delta_spans is not None:
             self.delta_spans.reset()
@@ -158,6 +105,12 @@ class Renderer:
             for event in events:
                 if isinstance(event, Delta):
                     run.add(event)
+                    if self.verbose and not run.announced and run.first_step_done():
+                        run.announced = True  # also tells scripts that decoding has begun
+                        wait = (run.t_first or run.t_start) - run.t_start
+                        self.info(
+                            f"prompt {run.prompt_tokens} tokens · first token after {wait:.2f} s"
+                        )
                     if event.sample == run.current:
                         self._delta(event)
                 elif isinstance(event, Finish):
@@ -235,7 +188,7 @@ class Renderer:
             tokens = None
             if self.token_text is not None:
                 tokens = token_records(run.deltas.get(len(run.shown) - 1, []), self.token_text)
-            self.out.write(completion_json(completion, tokens) + "\n")
+            self.out.write(json_line(completion_json(completion, tokens), self.out))
             self.out.flush()
         if self.show_stats:
             label = f"sample {len(run.shown)}/{run.samples}: " if run.samples > 1 else ""
@@ -258,8 +211,9 @@ class _Run:
         self.tokens: dict[int, int] = {}
         self.t_start = time.perf_counter()
         self.t_first: float | None = None
+        self.announced = False  # the first step was reported (--verbose)
 
-    def start(self, event) -> None:
+    def start(self, event: Start) -> None:
         self.started = True
         self.samples, self.prompt_tokens, self.seed = event.samples, event.prompt_tokens, event.seed
 
@@ -273,6 +227,10 @@ class _Run:
         if delta.sample != self.current:
             self.pending.setdefault(delta.sample, []).append(delta)
 
+    def first_step_done(self) -> bool:
+        """Every sample has its first token (or has already finished)."""
+        return len(self.tokens.keys() | self.finished.keys()) + self.current >= self.samples
+
     def advance(self) -> Iterator[Completion]:
         """Completions ready to be shown, in order; moves `current` past each."""
         while self.current in self.finished:
@@ -282,8 +240,6 @@ class _Run:
 
     def partial(self, sample: int) -> Completion:
         """What there is of an unfinished sample, as an "interrupted" Completion."""
-        from gpt2cli.engine import Completion
-
         now = time.perf_counter()
         first = self.t_first if self.t_first is not None else now
         n = self.tokens.get(sample, 0)
@@ -295,32 +251,8 @@ class _Run:
             seed=self.seed,
             model=self.model,
             time_to_first_token_s=first - self.t_start,
-            tokens_per_s=(n - 1) / (now - first) if n > 1 and now > first else 0.0,
+            tokens_per_s=decode_rate(n, self.t_first, now),
         )
 
 
-def _isatty(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
-@contextlib.contextmanager
-def loading(name: str, err: TextIO | None = None) -> Iterator[None]:
-    """A "Loading …" note on a terminal's stderr while the model loads, erased afterwards.
-    (Not a spinner: a download's own progress bars may print meanwhile.)"""
-    err = err if err is not None else sys.stderr
-    console = Console(file=err, highlight=False, markup=False, emoji=False)
-    if not _isatty(err) or console.is_dumb_terminal:  # no way to erase it afterwards
-        yield
-        return
-    note = Text(f"Loading {name}…", style="dim")
-    note.truncate(max(console.width - 1, 1), overflow="ellipsis")  # one line: erasable
-    console.print(note, end="", soft_wrap=True)
-    console.file.flush()
-    try:
-        yield
-    finally:
-        console.control(Control.move_to_column(0), Control((ControlType.ERASE_IN_LINE, 0)))
-        console.file.flush()
+_isatty = _out.isatty

@@ -1,0 +1,34 @@
+"""Opening the model a command asked for, as a user at a terminal sees it: the device checked
+first (before a download that would be wasted), the checkpoint resolved with Rich download bars,
+then the weights loaded under a "Loading …" note."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gpt2cli.types import LoadOptions
+
+if TYPE_CHECKING:
+    from gpt2cli.runtime.loader import LoadedModel
+
+
+def open_model(options: LoadOptions) -> LoadedModel:
+    """The LoadedModel `options` name (downloading it first when needed)."""
+    from gpt2cli.hub.fetch import resolve_model
+    from gpt2cli.ui.downloads import RichDownloadProgress
+    from gpt2cli.ui.loading import loading
+
+    with loading(options.model):
+        from gpt2cli.runtime.loader import check_device
+
+        check_device(options)
+    folder = resolve_model(
+        options.model,
+        revision=options.revision,
+        offline=options.offline,
+        progress=RichDownloadProgress,
+    )
+    with loading(options.model):
+        from gpt2cli.runtime.loader import load_folder
+
+        return load_folder(folder, options)

@@ -1,0 +1,138 @@
+"""The Hugging Face cache on disk: what it holds of GPT-2 (`gpt2 models`) and removing a model
+or one revision of it (`gpt2 rm`), through huggingface_hub's cache API. Never touches the
+network, never imports torch."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpt2cli.errors import ModelNotFoundError, UsageError
+from gpt2cli.hub.names import DEFAULT_REVISION, SIZES, local_folder, repo_id_for
+from gpt2cli.model.config import is_complete, is_gpt2_config
+
+
+@dataclass(frozen=True)
+class CachedModel:
+    """One row of `gpt2 models`: a size or a cached GPT-2 repo at one revision."""
+
+    name: str  # the size name, or the repo id for other repos
+    repo_id: str
+    revision: str  # the refs pointing at it ("main", "v1"), else the short commit
+    commit: str | None
+    size_on_disk: int
+    status: str  # "yes" (config and all weights cached), "partial", or "no"
+    path: Path | None
+
+
+@dataclass(frozen=True)
+class Removal:
+    """What `gpt2 rm` is about to delete; `execute()` does it."""
+
+    label: str
+    size_on_disk: int
+    execute: Callable[[], None]
+
+
+def cache_dir() -> Path:
+    """The hub cache folder (HF_HUB_CACHE, or HF_HOME/hub)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _scan():  # -> HFCacheInfo | None
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    try:
+        return scan_cache_dir(cache_dir())
+    except CacheNotFound:
+        return None
+
+
+def _is_gpt2(folder: Path) -> bool:
+    try:
+        raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return is_gpt2_config(raw) and isinstance(raw, dict) and "model_type" in raw
+
+
+def cached_repo_ids() -> list[str]:
+    """Repo ids of every cached GPT-2 model (for completion: no torch, no network)."""
+    info = _scan()
+    repos = info.repos if info is not None else ()
+    return sorted(
+        r.repo_id
+        for r in repos
+        if r.repo_type == "model" and any(_is_gpt2(rev.snapshot_path) for rev in r.revisions)
+    )
+
+
+def cached_models() -> list[CachedModel]:
+    """The four sizes (cached or not) and every other cached GPT-2 repo, one row per revision."""
+    info = _scan()
+    repos = [r for r in info.repos if r.repo_type == "model"] if info is not None else []
+    by_id = {r.repo_id: r for r in repos}
+    names = {repo_id: size for size, repo_id in SIZES.items()}
+    others = [r for r in cached_repo_ids() if r not in names]
+    rows: list[CachedModel] = []
+    for repo_id in [*SIZES.values(), *others]:
+        name = names.get(repo_id, repo_id)
+        repo = by_id.get(repo_id)
+        revisions = sorted(repo.revisions, key=lambda r: r.last_modified) if repo else []
+        if not revisions:
+            rows.append(CachedModel(name, repo_id, DEFAULT_REVISION, None, 0, "no", None))
+        for rev in revisions:
+            rows.append(
+                CachedModel(
+                    name=name,
+                    repo_id=repo_id,
+                    revision=", ".join(sorted(rev.refs)) or rev.commit_hash[:12],
+                    commit=rev.commit_hash,
+                    size_on_disk=rev.size_on_disk,
+                    status="yes" if is_complete(rev.snapshot_path) else "partial",
+                    path=rev.snapshot_path,
+                )
+            )
+    return rows
+
+
+def plan_removal(name: str, revision: str | None = None) -> Removal:
+    """What removing `name` (every cached revision, or just `revision`) would delete. Only that
+    repo is considered: another repo that shares a commit hash (mirrors pushed from one git
+    history) is never touched."""
+    if local_folder(name) is not None:
+        raise UsageError(
+            f"{name!r} is a local folder, not a cached model; gpt2 rm only removes models "
+            "from the Hugging Face cache"
+        )
+    repo_id = repo_id_for(name)
+    info = _scan()
+    repos = info.repos if info is not None else ()
+    repo = next((r for r in repos if r.repo_id == repo_id and r.repo_type == "model"), None)
+    if info is None or repo is None:
+        raise ModelNotFoundError(f"{repo_id} is not in the cache ({cache_dir()})")
+    only_this_repo = dataclasses.replace(info, repos=frozenset({repo}))
+    if revision is None:
+        commits = [rev.commit_hash for rev in repo.revisions]
+        label = repo_id
+    else:
+        commits = [rev.commit_hash for rev in repo.revisions if _matches(rev, revision)]
+        if len(commits) != 1:
+            raise ModelNotFoundError(f"revision {revision!r} of {repo_id} is not in the cache")
+        label = f"{repo_id}@{revision}"
+    strategy = only_this_repo.delete_revisions(*commits)
+    if not commits:  # a repo folder with no snapshot left (debris): remove the folder
+        strategy = dataclasses.replace(strategy, repos=frozenset({repo.repo_path}))
+    size = repo.size_on_disk if revision is None else strategy.expected_freed_size
+    return Removal(label, size, strategy.execute)
+
+
+def _matches(rev, revision: str) -> bool:  # rev: CachedRevisionInfo
+    """A branch or tag pointing at `rev`, or a prefix (7+ characters) of its commit hash."""
+    return revision in rev.refs or (len(revision) >= 7 and rev.commit_hash.startswith(revision))

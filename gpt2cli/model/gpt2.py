@@ -1,0 +1,219 @@
+"""GPT-2 in plain PyTorch: the modules and a key/value cache preallocated for the window.
+
+No files, no tokens-as-text, no terminal: `checkpoint.py` fills the weights, `runtime/` drives
+decoding, and `linear.py` decides how weight matrices are stored and multiplied.
+
+Every forward pass writes its tokens' keys and values into the cache and attends over the cached
+prefix. Where the tokens sit is a `Span`, built once per pass:
+- `Span.chunk(start, T)`: every row's T tokens at positions start..start+T-1 (a prompt, or one
+  token per sample of a batch that advances together);
+- `Span.rows(positions, end)`: one token per row, each row at its own position (sequences of
+  different lengths decoding together), attending over keys [0, end) through a per-row mask. With
+  end = the window, every shape is fixed, so the step can be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gpt2cli.model.config import GPT2Config
+from gpt2cli.model.linear import Layout, Linear, tied_head
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where a forward pass's tokens go in the cache, and what each may attend to."""
+
+    start: int | None  # chunk: first position, the same for every row
+    positions: torch.Tensor | None  # rows: (batch,) int64 position of each row's one token
+    end: int  # keys [0, end) are read
+    mask: torch.Tensor | None  # True where attending is allowed; None: all (or causal)
+    causal: bool  # a chunk from position 0: plain causal attention
+
+    @classmethod
+    def chunk(cls, start: int, length: int, device: torch.device) -> Span:
+        end = start + length
+        if length == 1:  # one new token attends to everything before it
+            return cls(start, None, end, None, False)
+        if start == 0:
+            return cls(start, None, end, None, True)
+        # A chunk after earlier context: causal within the chunk, full over the past.
+        mask = torch.ones(length, end, dtype=torch.bool, device=device).tril(diagonal=start)
+        return cls(start, None, end, mask, False)
+
+    @classmethod
+    def rows(cls, positions: torch.Tensor, end: int) -> Span:
+        keys = torch.arange(end, device=positions.device)
+        mask = (keys.view(1, -1) <= positions.view(-1, 1)).view(-1, 1, 1, end)
+        return cls(None, positions, end, mask, False)
+
+
+class KVCache:
+    """Keys and values for every layer, preallocated for the whole window: decoding writes in
+    place and never allocates per token. `length` counts the positions filled by chunks (all
+    rows alike); sequences decoding at their own positions are tracked by their caller."""
+
+    def __init__(
+        self,
+        config: GPT2Config,
+        batch: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        zeroed: bool = False,
+    ) -> None:
+        # Untouched pages of an empty tensor cost no memory; attending over the whole window
+        # (masked) needs zeros there, since 0 * NaN garbage would be NaN.
+        shape = (config.n_layer, batch, config.n_head, config.n_positions, config.head_dim)
+        alloc = torch.zeros if zeroed else torch.empty
+        self.k = alloc(shape, device=device, dtype=dtype)
+        self.v = alloc(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    @property
+    def batch(self) -> int:
+        return self.k.shape[1]
+
+    def rows(self, start: int, stop: int) -> KVCache:
+        """A cache for rows [start, stop) that shares this one's memory (no copy)."""
+        view = object.__new__(KVCache)
+        view.k, view.v = self.k[:, start:stop], self.v[:, start:stop]
+        view.length = self.length
+        return view
+
+    def copy_prefix(self, source: int, targets: list[int], length: int) -> None:
+        """Copy row `source`'s first `length` positions into rows `targets` (a prompt prefilled
+        once, shared by several samples)."""
+        for t in targets:
+            self.k[:, t, :, :length] = self.k[:, source, :, :length]
+            self.v[:, t, :, :length] = self.v[:, source, :, :length]
+
+    @property
+    def window(self) -> int:
+        return self.k.shape[3]
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor, span: Span
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new keys and values (batch, heads, T, head_dim) where `span` says; return
+        the cached keys and values to attend over."""
+        cache_k, cache_v = self.k[layer], self.v[layer]
+        if span.positions is None:
+            assert span.start is not None
+            cache_k[:, :, span.start : span.end] = k
+            cache_v[:, :, span.start : span.end] = v
+        else:
+            rows = torch.arange(k.shape[0], device=k.device)
+            cache_k[rows, :, span.positions] = k[:, :, 0]
+            cache_v[rows, :, span.positions] = v[:, :, 0]
+        return cache_k[:, :, : span.end], cache_v[:, :, : span.end]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: GPT2Config, layout: str, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.n_head = config.n_head
+        self.head_dim = config.head_dim
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, layout)
+        self.c_proj = Linear(config.n_embd, config.n_embd, layout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache, span: Span) -> torch.Tensor:
+        B, T, C = x.shape
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, H, T, hd)
+        keys, values = cache.update(self.layer, k, v, span)
+        y = F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=span.mask, is_causal=span.causal
+        )
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPT2Config, layout: str) -> None:
+        super().__init__()
+        self.c_fc = Linear(config.n_embd, config.inner_dim, layout)
+        self.c_proj = Linear(config.inner_dim, config.n_embd, layout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(self.c_fc(x, gelu=True))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPT2Config, layout: str, layer: int) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = Attention(config, layout, layer)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = MLP(config, layout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache, span: Span) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, span)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT2(nn.Module):
+    """The decoder. `forward` runs tokens against a KVCache and returns logits. The token
+    embedding doubles as the output head; it is stored as `wte` (vocab, d) or, with
+    `layout.head_in_out`, as `wte_t` (d, vocab)."""
+
+    def __init__(self, config: GPT2Config, layout: Layout | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.layout = layout = layout or Layout()
+        self.in_out = in_out = layout.head_in_out
+        shape = (config.n_embd, config.vocab_size) if in_out else (config.vocab_size, config.n_embd)
+        self.register_parameter("wte_t" if in_out else "wte", nn.Parameter(torch.empty(shape)))
+        # Plain parameters, not nn.Embedding: its initialiser on the meta device pulls in ~70 MB
+        # of torch's Python meta kernels, for weights the checkpoint overwrites anyway.
+        self.wpe = nn.Parameter(torch.empty(config.n_positions, config.n_embd))
+        self.h = nn.ModuleList(Block(config, layout.linear, i) for i in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+
+    @property
+    def token_embedding(self) -> torch.Tensor:
+        """(vocab, d), a view whatever the storage layout."""
+        return self.wte_t.t() if self.in_out else self.wte
+
+    def new_cache(self, batch: int = 1, zeroed: bool = False) -> KVCache:
+        p = self.wpe
+        return KVCache(self.config, batch, p.device, p.dtype, zeroed)
+
+    @torch.inference_mode()
+    def forward(self, idx: torch.Tensor, cache: KVCache, all_logits: bool = False) -> torch.Tensor:
+        """idx: (batch, T) token ids placed after the `cache.length` positions already cached.
+        Returns float32 logits, (batch, vocab) for the last position or (batch, T, vocab)."""
+        B, T = idx.shape
+        start = cache.length
+        if start + T > self.config.n_positions:
+            raise ValueError(f"{start + T} positions exceed the {self.config.n_positions} window")
+        if B != cache.batch:
+            raise ValueError(f"batch {B} does not match the cache's batch {cache.batch}")
+        x = self.token_embedding[idx] + self.wpe[start : start + T]
+        x = self._blocks(x, cache, Span.chunk(start, T, idx.device))
+        cache.length = start + T
+        return self._head(x if all_logits else x[:, -1])
+
+    @torch.inference_mode()
+    def forward_rows(
+        self, idx: torch.Tensor, positions: torch.Tensor, cache: KVCache, end: int | None = None
+    ) -> torch.Tensor:
+        """One token per row, row b at position `positions[b]` (int64 on the model's device),
+        attending over keys [0, end) (default: the whole window, a fixed shape for CUDA graphs).
+        Returns (batch, vocab) float32 logits. Leaves `cache.length` to the caller."""
+        end = cache.window if end is None else end
+        x = self.token_embedding[idx.view(-1, 1)] + self.wpe[positions].unsqueeze(1)
+        x = self._blocks(x, cache, Span.rows(positions, end))
+        return self._head(x[:, -1])
+
+    def _blocks(self, x: torch.Tensor, cache: KVCache, span: Span) -> torch.Tensor:
+        for block in self.h:
+            x = block(x, cache, span)
+        return self.ln_f(x)
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        embedding = self.wte_t if self.in_out else self.wte
+        return tied_head(x, embedding, self.layout)

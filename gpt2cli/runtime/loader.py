@@ -1,0 +1,136 @@
+"""A model name -> a `LoadedModel` on a device: the device and dtype chosen, the checkpoint
+resolved through the Hub cache, the weights and the tokenizer loaded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gpt2cli.errors import ParamError
+from gpt2cli.hub.progress import ProgressFactory
+from gpt2cli.model.checkpoint import load_checkpoint
+from gpt2cli.model.config import GPT2Config
+from gpt2cli.model.gpt2 import GPT2
+from gpt2cli.text.tokenizer import Tokenizer
+from gpt2cli.types import DTYPES, LoadOptions
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+assert set(TORCH_DTYPES) == set(DTYPES) - {"auto"}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to generate: weights on a device, its tokenizer, and where it came from."""
+
+    model: GPT2
+    tokenizer: Tokenizer
+    name: str
+    path: Path
+    device: torch.device
+    dtype: torch.dtype
+    cuda_graphs: bool | None = None  # None: on for CUDA devices
+
+    @property
+    def config(self) -> GPT2Config:
+        return self.model.config
+
+    @property
+    def context_length(self) -> int:
+        return self.model.config.n_positions
+
+    @property
+    def eos_ids(self) -> frozenset[int]:
+        """Token ids that end a sample."""
+        return frozenset({self.tokenizer.eot_id})
+
+    @property
+    def bos_id(self) -> int:
+        """The token an empty prompt (and scoring) starts from."""
+        return self.tokenizer.eot_id
+
+    def describe(self) -> str:
+        """The --verbose line about the loaded model."""
+        dtype = str(self.dtype).removeprefix("torch.")
+        return (
+            f"model {self.name} ({self.path}) on {self.device}, {dtype} "
+            f"({self.model.layout.describe()}), window {self.context_length} tokens"
+        )
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto` picks cuda, then mps, then cpu. Raises ParamError for an unavailable device."""
+    name = name.lower()
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if has_mps else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ParamError("device", "cuda is not available here (no GPU, or a CPU-only torch)")
+        return torch.device(name)
+    if name == "mps":
+        if not has_mps:
+            raise ParamError("device", "mps is not available here (Apple silicon only)")
+        return torch.device("mps")
+    raise ParamError("device", f"must be auto, cpu, cuda or mps, got {name!r}")
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto` is bfloat16 on a GPU that supports it, float32 elsewhere."""
+    name = name.lower()
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if name not in TORCH_DTYPES:
+        raise ParamError("dtype", f"must be one of {', '.join(DTYPES)}, got {name!r}")
+    return TORCH_DTYPES[name]
+
+
+def check_device(options: LoadOptions) -> None:
+    """Raise ParamError when the device or dtype cannot be used here (before any download)."""
+    pick_dtype(options.dtype, pick_device(options.device))
+
+
+def load_model(
+    model: str | Path | LoadOptions = "small",
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    revision: str | None = None,
+    offline: bool | None = None,
+    threads: int | None = None,
+    progress: ProgressFactory | None = None,
+) -> LoadedModel:
+    """Load a GPT-2 checkpoint: a size name (small, medium, large, xl), a Hub repo id, or a
+    local folder (or a `LoadOptions`). Downloads into the Hugging Face cache when needed;
+    `progress(repo_id)` makes the download's display (default: a plain line per file on
+    stderr)."""
+    from gpt2cli.hub.fetch import resolve_model
+
+    if isinstance(model, LoadOptions):
+        options = model
+    else:
+        options = LoadOptions(str(model), device, dtype, revision, offline, threads)
+    check_device(options)  # before a download that would be wasted
+    folder = resolve_model(
+        options.model, revision=options.revision, offline=options.offline, progress=progress
+    )
+    return load_folder(folder, options)
+
+
+def load_folder(folder: Path, options: LoadOptions) -> LoadedModel:
+    """Load the checkpoint in `folder` (already resolved from `options.model`, whose name the
+    LoadedModel keeps) on the device and in the dtype `options` ask for."""
+    if options.threads is not None:
+        torch.set_num_threads(options.threads)
+    dev = pick_device(options.device)
+    dt = pick_dtype(options.dtype, dev)
+    net = load_checkpoint(folder, device=dev, dtype=dt)  # first: it says best what is wrong
+    tokenizer = Tokenizer.from_folder(folder)
+    return LoadedModel(net, tokenizer, options.model, Path(folder), dev, dt)

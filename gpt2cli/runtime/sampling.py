@@ -1,0 +1,84 @@
+"""Logits -> next token, as `SamplingParams` (gpt2cli/types.py) say.
+
+Order of operations follows the usual GPT-2 practice (and transformers): repetition penalty,
+temperature, top-k, then top-p. Top-k is taken with `torch.topk`, so the common case never sorts
+the whole 50257-entry vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gpt2cli.types import SamplingParams
+
+
+def apply_repetition_penalty(
+    logits: torch.Tensor, seen: torch.Tensor, penalty: float
+) -> torch.Tensor:
+    """CTRL-style penalty (as in transformers): tokens already present get their logit divided by
+    `penalty` when positive and multiplied when negative. `seen` is a (batch, vocab) bool mask."""
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalised, logits)
+
+
+def candidate_distribution(
+    logits: torch.Tensor, params: SamplingParams
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The distribution sampling draws from, after temperature, top-k and top-p.
+
+    Returns (probs, ids): `probs` is (batch, n) and `ids` maps its columns to token ids, or is
+    None when the columns are the whole vocabulary. Tokens cut by top-k/top-p are absent or 0.
+    """
+    logits = logits.float()
+    if params.temperature != 1.0:  # shifted so that a small temperature cannot overflow
+        logits = (logits - logits.amax(dim=-1, keepdim=True)) / params.temperature
+    ids = None
+    if params.top_k and params.top_k < logits.shape[-1]:
+        logits, ids = torch.topk(logits, params.top_k, dim=-1)  # sorted, descending
+    if params.top_p < 1.0:
+        if ids is None:
+            logits, ids = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(logits, dim=-1)
+        mass_before = torch.cumsum(probs, dim=-1) - probs
+        cut = mass_before >= params.top_p
+        cut[..., 0] = False  # the most likely token always stays (top_p may round to 0)
+        probs = probs.masked_fill(cut, 0.0)
+        return probs / probs.sum(dim=-1, keepdim=True), ids
+    return torch.softmax(logits, dim=-1), ids
+
+
+def sample_next(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    generator: torch.Generator | None = None,
+    seen: torch.Tensor | None = None,
+    generators: list[torch.Generator] | None = None,
+) -> torch.Tensor:
+    """Pick the next token for each row of `logits` (batch, vocab). Returns (batch,) int64.
+
+    Rows draw from `generator`, or row b from `generators[b]`: then each sequence of a batch
+    picks the same token whatever else is in the batch."""
+    if params.repetition_penalty != 1.0 and seen is not None:
+        logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    if params.greedy:
+        return torch.argmax(logits, dim=-1)
+    probs, ids = candidate_distribution(logits, params)
+    if generators is None:
+        choice = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    else:
+        picks = [torch.multinomial(row, 1, generator=g) for row, g in zip(probs, generators)]
+        choice = torch.cat(picks)
+    if ids is None:
+        return choice
+    return ids.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
+
+
+def sample_seed(seed: int, sample: int) -> int:
+    """The generator seed of sample `sample` of a request seeded `seed`: the seed itself for the
+    first, a splitmix64 mix of both for the others (distinct, and not another request's seed)."""
+    if sample == 0:
+        return seed
+    z = (seed + 0x9E3779B97F4A7C15 * sample) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) & 0x7FFFFFFFFFFFFFFF
