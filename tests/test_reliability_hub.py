@@ -338,7 +338,8 @@ def shim(tmp_path: Path, source: str) -> dict[str, str]:
     folder = tmp_path / "shim"
     folder.mkdir()
     (folder / "sitecustomize.py").write_text(source)
-    return {"PYTHONPATH": str(folder)}
+    path = [str(folder), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {"PYTHONPATH": os.pathsep.join(path)}
 
 
 def test_disk_full_is_one_clean_error(
