@@ -178,3 +178,31 @@ def build_checkpoint(
         if tokenizer == "vocab_merges":
             json_path.unlink()
     return folder
+
+
+def edited_checkpoint(
+    source: Path,
+    folder: Path,
+    *,
+    config: dict | None = None,
+    tensors: dict | None = None,
+) -> Path:
+    """A copy of checkpoint `source` in `folder`, with `config` merged into config.json and
+    `tensors` changed in model.safetensors: each value is a tensor to store under that name, or
+    a function of the stored tensor returning the new one."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = Path(folder)
+    shutil.copytree(source, folder)
+    if config:
+        path = folder / "config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **config}, indent=2))
+    if tensors:
+        path = folder / "model.safetensors"
+        sd = load_file(str(path))
+        for name, change in tensors.items():
+            sd[name] = change(sd[name]) if callable(change) else change
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(path), metadata={"format": "pt"})
+    return folder

@@ -12,7 +12,8 @@ speaking the part of the protocol huggingface_hub's `hf_hub_download` uses again
 Fault switches: `drop` (close the connection after N bytes of a file's body), `corrupt` (flip one
 byte of a file's body, headers unchanged), `delay` (seconds between body chunks), `fail_status`
 (every request answers that HTTP status), `fail_after_drop` (set `fail_status` once a drop
-happened). `log` records every request.
+happened), `hold` (stall a file's body after N bytes until `release()`, as a transfer that
+hangs: time to kill the client mid-download). `log` records every request.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ class FakeHub:
         self.delay = 0.0
         self.fail_status: int | None = None
         self.fail_after_drop: int | None = None  # after a drop, every request gets this status
+        self.hold: dict[str, int] = {}  # filename -> byte offset where a GET's body stalls
+        self._released = threading.Event()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
@@ -72,7 +75,12 @@ class FakeHub:
         self._thread.start()
         self.running = True
 
+    def release(self) -> None:
+        """Let every body stalled by `hold` go on."""
+        self._released.set()
+
     def stop(self) -> None:
+        self.release()
         if self.running:
             self._server.shutdown()
             self._server.server_close()
@@ -88,9 +96,11 @@ class FakeHub:
         revision: str = "main",
         files: dict[str, bytes] | None = None,
         token: str | None = None,
+        commit: str | None = None,
     ) -> str:
         """Commit the files of `folder` (plus `files`) to `repo_id` at branch or tag `revision`;
-        returns the commit sha."""
+        returns the commit sha. `commit` forces the sha (default: derived from the repo id and
+        the content), e.g. to serve mirrors pushed from one git history at one commit."""
         content: dict[str, bytes] = {}
         if folder is not None:
             for path in sorted(Path(folder).rglob("*")):
@@ -102,7 +112,7 @@ class FakeHub:
         digest = hashlib.sha1(repo_id.encode() + revision.encode())
         for name in sorted(content):
             digest.update(name.encode() + b"\0" + content[name])
-        sha = digest.hexdigest()
+        sha = commit or digest.hexdigest()
         repo.commits[sha] = Commit(sha, content)
         repo.refs[revision] = sha
         return sha
@@ -207,14 +217,22 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             with hub._lock:
                 if hub.drop.get(filename):
                     cut = hub.drop[filename].pop(0)
-            self._stream(data, start, cut)
+            hold = hub.hold.get(filename)
+            self._stream(data, start, cut, hold if hold is not None and hold > start else None)
 
-        def _stream(self, data: bytes, start: int, cut: int | None) -> None:
+        def _stream(
+            self, data: bytes, start: int, cut: int | None, hold: int | None = None
+        ) -> None:
             import time
 
             pos = start
             while pos < len(data):
+                if hold is not None and pos >= hold:
+                    hub._released.wait(timeout=120)  # a stalled transfer, until release()
+                    hold = None
                 end = min(pos + CHUNK, len(data))
+                if hold is not None and end > hold:
+                    end = hold
                 if cut is not None and end > cut:
                     end = max(cut, pos)
                 try:
