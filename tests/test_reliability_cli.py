@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from checkpoints import CORPUS, build_checkpoint, edited_checkpoint
-from cli_helpers import assert_one_line_error, gpt2, gpt2_argv, spawn_in_terminal
+
+from tests.support.checkpoints import CORPUS, build_checkpoint, edited_checkpoint
+from tests.support.cli import assert_one_line_error, gpt2, gpt2_argv, spawn_in_terminal
 
 # -- helpers --------------------------------------------------------------------------------------
 

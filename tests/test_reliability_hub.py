@@ -15,9 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from checkpoints import build_checkpoint
-from cli_helpers import gpt2
-from fakehub import FakeHub, gpt2_command, repo_cache, run_gpt2
+
+from tests.support.checkpoints import build_checkpoint
+from tests.support.cli import gpt2
+from tests.support.fakehub import FakeHub, gpt2_command, repo_cache, run_gpt2
 
 REPO = "test/tiny"
 SHARED_COMMIT = "5eed" * 10  # one git history pushed to several repos: one commit sha
