@@ -98,18 +98,26 @@ def rm(
 
     removal = plan_removal(model, revision)
     size = decimal(removal.size_on_disk)
-    if not yes:
-        try:
-            confirmed = typer.confirm(
-                f"Remove {removal.label} ({size}) from the cache?", default=False, err=True
-            )
-        except typer.Abort:  # end of input: take it as a no
-            confirmed = False
-        if not confirmed:
-            sys.stderr.write("gpt2: nothing removed\n")
-            raise typer.Exit(1)
+    if not yes and not _confirm(f"Remove {removal.label} ({size}) from the cache?"):
+        sys.stderr.write("gpt2: nothing removed\n")
+        raise typer.Exit(1)
     removal.execute()
     sys.stderr.write(f"gpt2: removed {removal.label} ({size})\n")
+
+
+def _confirm(question: str) -> bool:
+    """Ask on stderr, read one line of stdin; anything but y/yes is a no. Not typer.confirm:
+    click reads the answer with `input(" ")`, which writes a space on stdout, and at the end of
+    input it leaves the question's line unterminated."""
+    sys.stderr.write(f"{question} [y/N] ")
+    sys.stderr.flush()
+    try:
+        answer = sys.stdin.readline() if sys.stdin is not None else ""
+    except (OSError, ValueError):  # stdin closed, or not text
+        answer = ""
+    if not answer.endswith("\n"):  # end of input: the user's Enter did not end the line
+        sys.stderr.write("\n")
+    return answer.strip().lower() in ("y", "yes")
 
 
 def register(app: typer.Typer) -> None:
