@@ -7,6 +7,8 @@ import sys
 
 import typer
 
+from gpt2cli.commands.completion import complete_cached_model
+
 MODEL_HELP = "small, medium, large, xl, a Hub repo id (owner/name), or a local folder."
 
 
@@ -76,7 +78,11 @@ def models() -> None:
 
 
 def rm(
-    model: str = typer.Argument(..., help="small, medium, large, xl, or a Hub repo id."),
+    model: str = typer.Argument(
+        ...,
+        help="small, medium, large, xl, or a Hub repo id.",
+        autocompletion=complete_cached_model,
+    ),
     revision: str = typer.Option(
         None, "--revision", help="Remove only this cached revision (branch, tag or commit)."
     ),

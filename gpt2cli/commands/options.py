@@ -16,8 +16,8 @@ from typing import Annotated
 import typer
 
 from gpt2cli import console
+from gpt2cli.commands.completion import complete_model
 from gpt2cli.errors import ParamError
-from gpt2cli.hub.names import SIZES
 from gpt2cli.types import DEVICES, DTYPES, GenerationConfig, SamplingParams
 from gpt2cli.ui.probs import MAX_CANDIDATES
 
@@ -51,7 +51,7 @@ Model = Annotated[
         "--model",
         "-m",
         help="small, medium, large, xl, a Hub repo id of a GPT-2 checkpoint, or a local folder.",
-        autocompletion=_complete_from(tuple(SIZES)),
+        autocompletion=complete_model,
         rich_help_panel=MODEL_PANEL,
     ),
 ]

@@ -63,14 +63,24 @@ def _is_gpt2(folder: Path) -> bool:
 
 
 def cached_repo_ids() -> list[str]:
-    """Repo ids of every cached GPT-2 model (for completion: no torch, no network)."""
-    info = _scan()
-    repos = info.repos if info is not None else ()
-    return sorted(
-        r.repo_id
-        for r in repos
-        if r.repo_type == "model" and any(_is_gpt2(rev.snapshot_path) for rev in r.revisions)
-    )
+    """Repo ids of every cached GPT-2 model. Read from the cache's folder names and snapshot
+    config.json files, without `scan_cache_dir` (which stats every blob): shell completion
+    calls this on every <TAB>. No torch, no network."""
+    try:
+        folders = sorted(cache_dir().glob("models--*"))
+    except OSError:
+        return []
+    found = []
+    for folder in folders:
+        try:
+            snapshots = list((folder / "snapshots").iterdir())
+        except OSError:
+            continue
+        if any(_is_gpt2(snapshot) for snapshot in snapshots):
+            # The cache's own naming (huggingface_hub's repo_folder_name): "--" joins the parts;
+            # a repo id cannot contain "--".
+            found.append(folder.name.removeprefix("models--").replace("--", "/"))
+    return sorted(found)
 
 
 def cached_models() -> list[CachedModel]:
