@@ -190,33 +190,64 @@ def test_failed_download_leaves_a_cache_the_next_run_completes(
     assert (folder / "model.safetensors").read_bytes() == data
 
 
-def test_ctrl_c_mid_download_leaves_no_partial_file(
-    fake_hub: FakeHub, tiny_checkpoint: Path
+@pytest.mark.parametrize("size", ["tiny", "13MB"])
+def test_ctrl_c_mid_download_keeps_what_it_wrote_and_the_next_run_resumes(
+    fake_hub: FakeHub, tiny_checkpoint: Path, tmp_path: Path, size: str
 ) -> None:
-    publish(fake_hub, tiny_checkpoint)
-    fake_hub.delay = 0.05  # ~2 s for the weights
+    """Ctrl-C during a download keeps the bytes already written (huggingface_hub writes 10 MB
+    chunks) as blobs/<sha256>.incomplete, never linked into the snapshot, and says so; the
+    next run resumes there with a Range request (a 6 GB xl need not start over) and leaves no
+    partial file. Nothing written yet (a small file): nothing is kept."""
+    from huggingface_hub.constants import DOWNLOAD_CHUNK_SIZE
+
+    if size == "tiny":
+        checkpoint, hold, kept = tiny_checkpoint, 300_000, 0
+    else:
+        checkpoint = build_checkpoint(tmp_path / "big", n_layer=4, n_embd=256)
+        hold, kept = DOWNLOAD_CHUNK_SIZE + 1_000_000, DOWNLOAD_CHUNK_SIZE
+    publish(fake_hub, checkpoint)
+    fake_hub.hold["model.safetensors"] = hold  # the body stalls there: time to press Ctrl-C
     proc = subprocess.Popen(
         [*gpt2_command(), "download", REPO],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 30
-    while not leftovers() and time.monotonic() < deadline:  # the partial file appeared
-        time.sleep(0.02)
-    assert leftovers(), "the download should be in progress"
+
+    def written() -> int:
+        return sum(p.stat().st_size for p in leftovers() if p.exists())
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (
+        fake_hub.gets("model.safetensors") and leftovers() and written() >= kept
+    ):
+        time.sleep(0.02)  # polling for the signal: the GET, and the partial file's bytes
+    assert fake_hub.gets("model.safetensors") and leftovers(), "the download should be running"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
-    assert leftovers() == []
     assert not list((repo_cache(REPO) / "snapshots").rglob("model.safetensors"))
+    sha256 = hashlib.sha256((checkpoint / "model.safetensors").read_bytes()).hexdigest()
+    if kept:
+        assert [(p.name, p.stat().st_size) for p in leftovers()] == [(f"{sha256}.incomplete", kept)]
+        assert "kept in the cache: run the command again to resume" in err, err
+    else:
+        assert leftovers() == [] and "kept" not in err, err
 
-    fake_hub.delay = 0
-    folder = snapshot_of(run_gpt2("download", REPO))
+    fake_hub.hold.clear()
+    fake_hub.release()
+    gets = fake_hub.gets("model.safetensors")
+    result = run_gpt2("download", REPO)
+    folder = snapshot_of(result)
     assert (folder / "model.safetensors").read_bytes() == (
-        tiny_checkpoint / "model.safetensors"
+        checkpoint / "model.safetensors"
     ).read_bytes()
+    ranges = [g.range for g in fake_hub.requests("GET", "model.safetensors")[gets:]]
+    assert ranges == [f"bytes={kept}-" if kept else None]
+    if kept:
+        assert f"gpt2: resuming {REPO}/model.safetensors at 10.5 MB of " in result.stderr
+    assert leftovers() == []
 
 
 def test_corrupt_download_is_refused_and_deleted(fake_hub: FakeHub, tiny_checkpoint: Path) -> None:

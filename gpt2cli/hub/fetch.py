@@ -15,9 +15,11 @@ import re
 from pathlib import Path
 
 from gpt2cli.errors import CheckpointError, DownloadError, ModelNotFoundError
+from gpt2cli.hub.failures import download_failed, first_line, network_errors
 from gpt2cli.hub.integrity import verify_blob
 from gpt2cli.hub.names import DEFAULT_REVISION, SIZES, local_folder, repo_id_for
 from gpt2cli.hub.progress import DownloadProgress, ProgressFactory, quiet_hub_logs
+from gpt2cli.hub.transfer import fetch_blob, sweep_partials
 from gpt2cli.model.config import SHARD_INDEX, SINGLE_FILE, read_config, shard_names
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -56,27 +58,6 @@ class _NotCached(Exception):
     """A file we may not download (offline or Hub unreachable) and that is not cached."""
 
 
-def _network_errors() -> tuple[type[BaseException], ...]:
-    """Transfer failures: huggingface_hub's `errors.HTTPError` is its HTTP client's base error
-    (connection refused, timeouts, broken transfers), and Xet transfers have their own."""
-    from huggingface_hub import errors
-
-    found: tuple[type[BaseException], ...] = (OSError, errors.HTTPError)
-    xet = getattr(errors, "XetDownloadError", None)
-    return (*found, xet) if xet is not None else found
-
-
-def _first_line(exc: BaseException) -> str:
-    """A short one-line reason: the HTTP status for Hub errors, else the message's first line."""
-    response = getattr(exc, "response", None)
-    status = getattr(response, "status_code", None)
-    if isinstance(status, int):
-        return f"HTTP {status} {getattr(response, 'reason_phrase', '') or ''}".strip()
-    text = str(exc).strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
-
-
 class _Fetch:
     """One resolution of a repo id at a revision into a snapshot folder."""
 
@@ -110,6 +91,7 @@ class _Fetch:
             self._weights()
             self._tokenizer()
             self._get("generation_config.json", optional=True)
+            sweep_partials(self.repo_id)  # the checkpoint is whole: no partial file is needed
             return config.parent
         except _NotCached:
             raise self._not_cached_error() from None
@@ -153,30 +135,25 @@ class _Fetch:
         except HfHubHTTPError as exc:  # 5xx, 429, or access refused
             status = getattr(exc.response, "status_code", None)
             hint = ": check HF_TOKEN" if status in (401, 403) else ""
-            why = f"the Hugging Face Hub at {constants.ENDPOINT} answered {_first_line(exc)}{hint}"
+            why = f"the Hugging Face Hub at {constants.ENDPOINT} answered {first_line(exc)}{hint}"
             return self._fall_back(why, None)
-        except _network_errors() as exc:
-            why = f"cannot reach the Hugging Face Hub at {constants.ENDPOINT} ({_first_line(exc)})"
+        except network_errors() as exc:
+            why = f"cannot reach the Hugging Face Hub at {constants.ENDPOINT} ({first_line(exc)})"
             return self._fall_back(why, None)
         if meta.commit_hash is None:
             why = f"{constants.ENDPOINT} does not answer like a Hugging Face Hub"
             return self._fall_back(why, None)
-        if self._ref() == meta.commit_hash:
+        if self._cached_commit() == meta.commit_hash:
             # The cache already maps this revision to the Hub's commit: fetch by commit, so
             # cached files need no further request (hub re-checks a branch on every file).
             self.revision = meta.commit_hash
 
-    def _ref(self) -> str | None:
-        from huggingface_hub import constants
-        from huggingface_hub.file_download import repo_folder_name
+    def _cached_commit(self) -> str | None:
+        """The commit the cache maps this revision to (through refs/), if its config is cached."""
+        from huggingface_hub import try_to_load_from_cache
 
-        folder = Path(constants.HF_HUB_CACHE) / repo_folder_name(
-            repo_id=self.repo_id, repo_type="model"
-        )
-        try:
-            return (folder / "refs" / self.revision).read_text().strip()
-        except (OSError, ValueError):
-            return None
+        found = try_to_load_from_cache(self.repo_id, "config.json", revision=self.revision)
+        return Path(found).parent.name if isinstance(found, str) else None
 
     def _fall_back(self, why: str, error: Exception | None) -> None:
         if not self._cached("config.json"):
@@ -187,9 +164,12 @@ class _Fetch:
         self.unreachable = why
         self.display.line(f"gpt2: warning: {why}; using the cached copy of {self.label}")
 
-    def _get(self, filename: str, *, optional: bool = False) -> Path | None:
+    def _get(
+        self, filename: str, *, optional: bool = False, resumable: bool = False
+    ) -> Path | None:
         """The cached path of `filename`, downloading it if allowed. None when the repo does not
-        have it (optional files only)."""
+        have it (optional files only). `resumable` (the weights): transfer.py moves the bytes,
+        so that a stopped download resumes in the next run."""
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import (
             LocalEntryNotFoundError,
@@ -201,6 +181,8 @@ class _Fetch:
         if optional and self._known_absent(filename):
             return None
         try:
+            if resumable and not self.local_only and not self._cached(filename):
+                fetch_blob(self.repo_id, filename, self.revision, self.display)
             path = hf_hub_download(
                 self.repo_id,
                 filename,
@@ -214,15 +196,12 @@ class _Fetch:
             raise CheckpointError(f"{self.label} has no {filename} on the Hub") from None
         except LocalEntryNotFoundError as exc:
             if not self.local_only:  # the metadata request failed mid-run
-                self.unreachable = f"lost the connection to the Hub ({_first_line(exc)})"
+                self.unreachable = f"lost the connection to the Hub ({first_line(exc)})"
             raise _NotCached from None
         except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
-            raise ModelNotFoundError(f"model {self.label}: {_first_line(exc)}") from None
-        except _network_errors() as exc:
-            raise DownloadError(
-                f"downloading {filename} from {self.repo_id} failed ({_first_line(exc)}); "
-                "nothing partial was kept, run the command again to retry"
-            ) from None
+            raise ModelNotFoundError(f"model {self.label}: {first_line(exc)}") from None
+        except network_errors() as exc:  # the network, or a cache we cannot write
+            raise download_failed(filename, self.repo_id, exc) from None
         return Path(path)
 
     def _cached(self, filename: str) -> bool:
@@ -263,7 +242,7 @@ class _Fetch:
 
     def _weights(self) -> None:
         try:
-            single = self._get(SINGLE_FILE, optional=True)
+            single = self._get(SINGLE_FILE, optional=True, resumable=True)
         except _NotCached:  # offline: a sharded copy may be cached instead
             if not self._cached(SHARD_INDEX):
                 raise
@@ -282,7 +261,7 @@ class _Fetch:
         except CheckpointError as exc:
             raise CheckpointError(f"{self.label}: {exc}") from None
         for shard in shards:
-            path = self._get(shard)
+            path = self._get(shard, resumable=True)
             assert path is not None
             self._verify(path, shard)
 

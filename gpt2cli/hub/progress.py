@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
@@ -18,14 +19,19 @@ from typing import Any, TextIO
 @contextmanager
 def quiet_hub_logs() -> Iterator[None]:
     """huggingface_hub logs multi-line warnings (retries, xet hints); our display says enough.
-    A user who set HF_HUB_VERBOSITY keeps their setting."""
+    A user who set HF_HUB_VERBOSITY keeps their setting. Its `warnings.warn` calls ("Not
+    enough free disk space ...", printed by Python with the library's source line) are
+    silenced too: a full disk ends in our one-line error, and transfer.py warns about space
+    for the weights in our own words."""
     from huggingface_hub.utils import logging as hub_logging  # configures its logger on import
 
     previous = hub_logging.get_verbosity()
     if previous == logging.WARNING:
         hub_logging.set_verbosity(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"huggingface_hub(\.|$)")
+            yield
     finally:
         hub_logging.set_verbosity(previous)
 
@@ -80,7 +86,12 @@ class DownloadProgress:
 
     # -- called by FileBar ---------------------------------------------------------------------
     def start_file(self, filename: str, total: int | None, initial: int, verb: str) -> Any:
-        if verb == "downloading":
+        if verb == "downloading" and initial:
+            self.line(
+                f"gpt2: resuming {self.repo_id}/{filename} at {human_size(initial)} "
+                f"of {human_size(total)}"
+            )
+        elif verb == "downloading":
             self.line(f"gpt2: downloading {self.repo_id}/{filename} ({human_size(total)})")
         return None
 
