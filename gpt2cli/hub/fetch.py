@@ -278,4 +278,4 @@ class _Fetch:
             self._get("merges.txt")
 
     def _verify(self, pointer: Path, filename: str) -> None:
-        verify_blob(pointer, f"{filename} from {self.repo_id}", self.display)
+        verify_blob(pointer, filename, self.repo_id, self.display)
