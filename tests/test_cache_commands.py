@@ -84,6 +84,53 @@ def test_models_table_on_a_terminal(fake_hub: FakeHub, tiny_checkpoint: Path) ->
     assert "\t" not in out and "\x1b[3" not in out
 
 
+def test_models_says_which_repos_no_download_can_fix(
+    fake_hub: FakeHub, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """A repo without safetensors weights, or with weights broken on the Hub, is `unusable`
+    (not `partial`, which `gpt2 download` would finish), and the table says why; a stopped
+    download is `partial`, with the bytes kept for the next run."""
+    import shutil
+
+    from huggingface_hub.constants import DOWNLOAD_CHUNK_SIZE
+
+    from tests.support.checkpoints import build_checkpoint
+
+    config_only = tmp_path / "withbin"
+    config_only.mkdir()
+    shutil.copy(tiny_checkpoint / "config.json", config_only / "config.json")
+    fake_hub.add_repo("tester/withbin", config_only, files={"pytorch_model.bin": b"\x80" * 64})
+    broken = shutil.copytree(tiny_checkpoint, tmp_path / "broken")
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    fake_hub.add_repo("tester/broken", broken)
+    fake_hub.add_repo("tester/big", build_checkpoint(tmp_path / "big", n_layer=4, n_embd=256))
+    for repo in ("tester/withbin", "tester/broken"):
+        assert run_gpt2("download", repo).returncode == 1
+    fake_hub.drop["model.safetensors"] = [DOWNLOAD_CHUNK_SIZE + 1000]
+    fake_hub.fail_after_drop = 503  # the Hub goes down mid-transfer: the run gives up
+    stopped = run_gpt2("download", "tester/big")
+    assert stopped.returncode == 1 and "10.5 MB downloaded so far are kept" in stopped.stderr
+    fake_hub.fail_status = None
+    rows = models()
+    assert rows["tester/withbin", "main"]["downloaded"] == "unusable"
+    assert rows["tester/broken", "main"]["downloaded"] == "unusable"
+    assert rows["tester/big", "main"]["downloaded"] == "partial"
+    # Once found broken, it is refused again without hashing the file anew.
+    again = run_gpt2("download", "tester/broken")
+    assert again.returncode == 1 and "broken on the Hugging Face Hub" in again.stderr
+
+    pexpect = pytest.importorskip("pexpect")
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    child = pexpect.spawn(gpt2_command()[0], ["models"], env=env, encoding="utf-8", timeout=60)
+    child.expect(pexpect.EOF)
+    child.close()
+    out = " ".join(child.before.split())
+    assert "no safetensors weights on the Hub" in out, out
+    assert "model.safetensors is broken on the Hub (truncated:" in out, out
+    assert "10.5 MB of a download kept: gpt2 download resumes it" in out, out
+
+
 def test_rm_asks_then_removes(fake_hub: FakeHub, tiny_checkpoint: Path) -> None:
     fake_hub.add_repo("tester/tiny", tiny_checkpoint)
     fake_hub.add_repo("openai-community/gpt2", tiny_checkpoint)

@@ -42,7 +42,9 @@ def download(
 def models() -> None:
     """List the four GPT-2 sizes and every other GPT-2 model in the cache.
 
-    Shows repo id, revision, size on disk and whether it is downloaded (yes, partial, no).
+    Shows repo id, revision, size on disk and whether it is downloaded: yes; partial (gpt2
+    download finishes it, resuming a stopped download); unusable (no download can fix it: the
+    repo has no safetensors weights, or they are broken on the Hub; gpt2 rm removes it); no.
 
     On a pipe the table is tab-separated, with sizes in bytes.
 
@@ -67,13 +69,15 @@ def models() -> None:
     from gpt2cli.console import stdout_console
 
     table = Table(caption=f"cache: {cache_dir()}", caption_justify="left")
-    for column in ("Model", "Repo id", "Revision", "Size", "Downloaded"):
+    notes = any(r.note for r in rows)
+    for column in ("Model", "Repo id", "Revision", "Size", "Downloaded", "Note")[: 5 + notes]:
         table.add_column(column, justify="right" if column == "Size" else "left")
-    colour = {"yes": "green", "partial": "yellow", "no": "dim"}
+    colour = {"yes": "green", "partial": "yellow", "unusable": "red", "no": "dim"}
     for r in rows:
         size = decimal(r.size_on_disk) if r.commit else "-"
-        # Names and revisions come from disk: plain Text, so they print as typed.
-        table.add_row(r.name, r.repo_id, r.revision, size, Text(r.status, style=colour[r.status]))
+        # Names, revisions and notes come from disk: plain Text, so they print as typed.
+        cells = [r.name, r.repo_id, r.revision, size, Text(r.status, style=colour[r.status])]
+        table.add_row(*cells, *([Text(r.note)] if notes else []))
     stdout_console().print(table)
 
 

@@ -6,13 +6,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from gpt2cli.errors import ModelNotFoundError, UsageError
+from gpt2cli.hub.integrity import broken_reason
 from gpt2cli.hub.names import DEFAULT_REVISION, SIZES, local_folder, repo_id_for
-from gpt2cli.model.config import is_complete, is_gpt2_config
+from gpt2cli.hub.progress import human_size
+from gpt2cli.model.config import (
+    SHARD_INDEX,
+    SINGLE_FILE,
+    is_complete,
+    is_gpt2_config,
+    weight_files,
+)
 
 
 @dataclass(frozen=True)
@@ -24,8 +33,9 @@ class CachedModel:
     revision: str  # the refs pointing at it ("main", "v1"), else the short commit
     commit: str | None
     size_on_disk: int
-    status: str  # "yes" (config and all weights cached), "partial", or "no"
+    status: str  # "yes" (config and all weights cached), "partial", "unusable", or "no"
     path: Path | None
+    note: str = ""  # why it is unusable; what a partial download kept
 
 
 @dataclass(frozen=True)
@@ -97,7 +107,9 @@ def cached_models() -> list[CachedModel]:
         revisions = sorted(repo.revisions, key=lambda r: r.last_modified) if repo else []
         if not revisions:
             rows.append(CachedModel(name, repo_id, DEFAULT_REVISION, None, 0, "no", None))
+        kept = _partial_bytes(info, repo.repo_path) if info is not None and repo else 0
         for rev in revisions:
+            status, note = _status(repo_id, rev.snapshot_path, rev.commit_hash, kept)
             rows.append(
                 CachedModel(
                     name=name,
@@ -105,11 +117,44 @@ def cached_models() -> list[CachedModel]:
                     revision=", ".join(sorted(rev.refs)) or rev.commit_hash[:12],
                     commit=rev.commit_hash,
                     size_on_disk=rev.size_on_disk,
-                    status="yes" if is_complete(rev.snapshot_path) else "partial",
+                    status=status,
                     path=rev.snapshot_path,
+                    note=note,
                 )
             )
     return rows
+
+
+def _partial_bytes(info, repo_path: Path) -> int:  # info: HFCacheInfo
+    """Bytes of stopped downloads kept in the repo's blobs/ for the next run to resume."""
+    return sum(
+        f.size_on_disk for f in info.incomplete_files if f.file_path.parent.parent == repo_path
+    )
+
+
+def _status(repo_id: str, snapshot: Path, commit: str, kept: int) -> tuple[str, str]:
+    """yes, partial (a download can finish it), or unusable (no download can: the Hub has no
+    safetensors weights at this commit, or serves them broken), with a note saying why."""
+    if is_complete(snapshot):
+        for file in weight_files(snapshot):
+            blob = Path(os.path.realpath(file))
+            problem = broken_reason(blob.parent.parent, blob.name)
+            if problem is not None:
+                return "unusable", f"{file.name} is broken on the Hub ({problem})"
+        return "yes", ""
+    if _known_absent(repo_id, SINGLE_FILE, commit) and _known_absent(repo_id, SHARD_INDEX, commit):
+        return "unusable", "no safetensors weights on the Hub"
+    if kept:
+        return "partial", f"{human_size(kept)} of a download kept: gpt2 download resumes it"
+    return "partial", ""
+
+
+def _known_absent(repo_id: str, filename: str, commit: str) -> bool:
+    """The cache remembers (`.no_exist`) that the Hub has no such file at this commit."""
+    from huggingface_hub import _CACHED_NO_EXIST, try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, filename, revision=commit, cache_dir=cache_dir())
+    return found is _CACHED_NO_EXIST
 
 
 def plan_removal(name: str, revision: str | None = None) -> Removal:
