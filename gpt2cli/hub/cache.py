@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpt2cli.errors import ModelNotFoundError, UsageError
+from gpt2cli.errors import Gpt2Error, ModelNotFoundError, UsageError
 from gpt2cli.hub.integrity import broken_reason
 from gpt2cli.hub.names import DEFAULT_REVISION, SIZES, local_folder, repo_id_for
 from gpt2cli.hub.progress import human_size
@@ -184,6 +184,11 @@ def plan_removal(name: str, revision: str | None = None) -> Removal:
     strategy = only_this_repo.delete_revisions(*commits)
     if not commits:  # a repo folder with no snapshot left (debris): remove the folder
         strategy = dataclasses.replace(strategy, repos=frozenset({repo.repo_path}))
+    # Second guard: huggingface_hub's delete_revisions assumes a commit belongs to one repo.
+    planned = [*strategy.repos, *strategy.snapshots, *strategy.blobs, *strategy.refs]
+    outside = [p for p in planned if not Path(p).is_relative_to(repo.repo_path)]
+    if outside:
+        raise Gpt2Error(f"refusing to remove {outside[0]}: it is outside {repo.repo_path}")
     size = repo.size_on_disk if revision is None else strategy.expected_freed_size
     return Removal(label, size, strategy.execute)
 
