@@ -44,9 +44,10 @@ def run(argv: list[str]) -> None:
 
 
 def gpt2(
-    venv: Path, env: dict[str, str], *args: str, stdin: str | None = None
+    venv: Path, env: dict[str, str], *args: str, stdin: str | None = None, expect: int = 0
 ) -> subprocess.CompletedProcess[str]:
-    """Run the fresh environment's `gpt2`; fail loudly (with its stderr) on a non-zero exit."""
+    """Run the fresh environment's `gpt2`; fail loudly (with its stderr) on another exit
+    status than `expect`."""
     proc = subprocess.run(
         [str(venv / "bin" / "gpt2"), *args],
         input=stdin if stdin is not None else "",
@@ -56,7 +57,7 @@ def gpt2(
         timeout=300,
     )
     shown = " ".join(args)
-    if proc.returncode != 0:
+    if proc.returncode != expect:
         sys.stderr.write(proc.stderr)
         raise SystemExit(f"smoke: FAILED: gpt2 {shown} exited {proc.returncode}")
     if "Traceback" in proc.stderr or "warning: Failed" in proc.stderr:
@@ -122,8 +123,29 @@ def check(venv: Path, home: Path) -> None:
         henv = {**env, "HF_ENDPOINT": hub.url}
         out = gpt2(venv, henv, "download", "smoke/tiny")
         assert Path(out.stdout.strip()).is_dir()
+        step("a stopped download resumes (huggingface_hub's http_get with a Range request)")
+        hub.add_repo("smoke/big", build_checkpoint(home / "big", n_layer=4, n_embd=256))
+        hub.drop["model.safetensors"] = [11_000_000]  # past one 10 MB write chunk
+        hub.fail_after_drop = 503  # then the Hub is down: the run gives up, keeping 10 MB
+        stopped = gpt2(venv, henv, "download", "smoke/big", expect=1)
+        assert "downloaded so far are kept" in stopped.stderr, stopped.stderr
+        hub.fail_status = None
+        out = gpt2(venv, henv, "download", "smoke/big")
+        assert "gpt2: resuming smoke/big/model.safetensors at 10.5 MB" in out.stderr, out.stderr
+        assert hub.requests("GET", "model.safetensors")[-1].range == "bytes=10485760-"
     finally:
         hub.stop()
+    step("completion of cached repos, without torch")
+    out = gpt2(
+        venv,
+        {
+            **env,
+            "_GPT2_COMPLETE": "complete_bash",
+            "COMP_WORDS": "gpt2 rm smoke/",
+            "COMP_CWORD": "2",
+        },
+    )
+    assert out.stdout.split() == ["smoke/big", "smoke/tiny"], out.stdout
     oenv = {**env, "HF_HUB_OFFLINE": "1"}
     out = gpt2(venv, oenv, "generate", "-m", "smoke/tiny", "-n", "5", "-s", "2", "Offline")
     assert out.stdout.strip(), "offline generate printed nothing"

@@ -444,3 +444,26 @@ def test_hub_modules_do_not_import_torch() -> None:
         "sys.exit('torch' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_weights_come_from_where_huggingface_hub_would_fetch_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """transfer.py GETs the redirect target of a plain file, with the token only for the Hub
+    itself (never for a signed CDN URL), and an Xet file through its resolve URL, as
+    huggingface_hub's own download does."""
+    from huggingface_hub import constants
+
+    from gpt2cli.hub.transfer import _source
+
+    monkeypatch.setenv("HF_TOKEN", "s3cret")
+    monkeypatch.setattr(constants, "ENDPOINT", "https://mirror.example")
+    resolve = "https://mirror.example/o/n/resolve/main/model.safetensors"
+    cdn = "https://cdn-lfs.example/abc?signature=x"
+    url, headers = _source(resolve, cdn, plain=True)
+    assert url == cdn and "authorization" not in headers
+    for hub in ("https://huggingface.co/o/n/blob", "https://mirror.example:443/o/n/x"):
+        url, headers = _source(resolve, hub, plain=True)
+        assert url == hub and headers["authorization"] == "Bearer s3cret"
+    url, headers = _source(resolve, cdn, plain=False)  # Xet: the resolve URL redirects itself
+    assert url == resolve and headers["authorization"] == "Bearer s3cret"

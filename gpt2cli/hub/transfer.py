@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from gpt2cli.hub.failures import download_failed, network_errors
 from gpt2cli.hub.progress import DownloadProgress, human_size
@@ -53,8 +54,9 @@ def fetch_blob(repo_id: str, filename: str, commit: str, display: DownloadProgre
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.utils import WeakFileLock
 
+    url = hf_hub_url(repo_id, filename, revision=commit)
     try:
-        meta = get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=commit))
+        meta = get_hf_file_metadata(url)
     except network_errors():
         return
     if meta.etag is None or meta.location is None:
@@ -74,7 +76,8 @@ def fetch_blob(repo_id: str, filename: str, commit: str, display: DownloadProgre
             return
         # Under the lock no live download writes this blob: every partial of it is ours now.
         partial = _adopt_partial(blobs, meta.etag, written_in_order=meta.xet_file_data is None)
-        _transfer(partial, meta.location, meta.size, repo_id, filename, display)
+        source, headers = _source(url, meta.location, meta.xet_file_data is None)
+        _transfer(partial, source, headers, meta.size, repo_id, filename, display)
         os.replace(partial, blob)
 
 
@@ -91,9 +94,33 @@ def _adopt_partial(blobs: Path, etag: str, *, written_in_order: bool) -> Path:
     return ours
 
 
+def _source(url: str, location: str, plain: bool) -> tuple[str, dict[str, str]]:
+    """Where to GET the bytes, with which headers, as huggingface_hub decides it (its private
+    `_get_metadata_or_catch_error`): the redirect target of a plain file, without the token
+    unless that target is the Hub itself (a signed CDN URL needs none); an Xet file through its
+    resolve URL."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import build_hf_headers
+
+    headers = build_hf_headers()
+    if not plain or location == url:
+        return url, headers
+    hub = {_origin(u) for u in (url, constants.ENDPOINT, "https://huggingface.co", "https://hf.co")}
+    if _origin(location) not in hub:
+        headers.pop("authorization", None)
+    return location, headers
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or default
+
+
 def _transfer(
     partial: Path,
     url: str,
+    headers: dict[str, str],
     size: int | None,
     repo_id: str,
     filename: str,
@@ -102,7 +129,6 @@ def _transfer(
     """Append the rest of the file to `partial`. A stopped transfer keeps what it wrote (the
     next run resumes), except bytes that failed the size check."""
     from huggingface_hub.file_download import http_get
-    from huggingface_hub.utils import build_hf_headers
 
     done = _size(partial)
     if size is not None and done > size:  # not a prefix of this file
@@ -115,7 +141,7 @@ def _transfer(
                 url,
                 f,
                 resume_size=done,
-                headers=build_hf_headers(),
+                headers=headers,
                 expected_size=size,
                 displayed_filename=filename,
                 tqdm_class=display.bar_class(filename),

@@ -71,6 +71,7 @@ class RichDownloadProgress(DownloadProgress):
         if not self.live:
             return super().start_file(filename, total, initial, verb)
         progress = self._ensure_progress()
+        verb = "resuming" if verb == "downloading" and initial else verb
         return progress.add_task(f"{verb} {filename}", total=total, completed=initial)
 
     def update_file(self, task: Any, *, advance: int = 0, total: int | None = None) -> None:
