@@ -42,9 +42,11 @@ def download(
 def models() -> None:
     """List the four GPT-2 sizes and every other GPT-2 model in the cache.
 
-    Shows repo id, revision, size on disk and whether it is downloaded: yes; partial (gpt2
-    download finishes it, resuming a stopped download); unusable (no download can fix it: the
-    repo has no safetensors weights, or they are broken on the Hub; gpt2 rm removes it); no.
+    Shows repo id, revision, size on disk and whether it is downloaded (yes, partial, unusable, no).
+
+    partial: gpt2 download finishes it, resuming a stopped download.
+
+    unusable: no download can fix it (no safetensors weights, or broken on the Hub).
 
     On a pipe the table is tab-separated, with sizes in bytes.
 
