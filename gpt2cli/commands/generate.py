@@ -99,10 +99,10 @@ def generate(
     # Every flag is checked before torch is imported, so a typo fails in a fraction of a second.
     params = SamplingParams(temperature, top_k, top_p, repetition_penalty, seed)
     config = GenerationConfig(max_tokens, samples, options.stop_strings(stop), ignore_eos)
-    load = check_model(LoadOptions(model, device, dtype, revision, offline or None, threads))
     from gpt2cli.ui.probs import candidates_to_show
 
     candidates = candidates_to_show(top_candidates, explain_steps)
+    load = check_model(LoadOptions(model, device, dtype, revision, offline or None, threads))
 
     from gpt2cli import console
     from gpt2cli.commands.open_model import open_model

@@ -66,8 +66,8 @@ def repl(
     # Every flag is checked before torch is imported, as for generate.
     params = SamplingParams(temperature, top_k, top_p, repetition_penalty, seed)
     config = GenerationConfig(max_tokens, stop=options.stop_strings(stop), ignore_eos=ignore_eos)
-    load = check_model(LoadOptions(model, device, dtype, revision, offline or None, threads))
     mode = check_mode(mode)
+    load = check_model(LoadOptions(model, device, dtype, revision, offline or None, threads))
 
     from gpt2cli import console
     from gpt2cli.commands.open_model import open_model

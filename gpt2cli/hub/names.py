@@ -36,8 +36,6 @@ def repo_id_for(name: str) -> str:
         return SIZES[name]
     if is_repo_id(name):
         return name
-    if looks_like_path(name):
-        raise ModelNotFoundError(f"no such folder: {name}")
     raise ModelNotFoundError(
         f"unknown model {name!r}: use small, medium, large, xl, a Hub repo id (owner/name) "
         "or the path of an existing folder"
