@@ -96,6 +96,79 @@ for _command in app.registered_commands:
     _command.callback = _guarded(_command.callback)
 
 
+# -- help screens ------------------------------------------------------------------------------
+
+_CLICK_TYPE_NAMES = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT"}
+
+
+def _plain_value_types() -> None:
+    """Typer >= 0.26 writes a Python type after every option, flags included (`--json <bool>`,
+    `--help <bool>`, `--stop <list[str]>`), as if a flag took a value. Show what click (and
+    older Typer) showed: nothing after a flag, a metavar where one is set, else TEXT, INTEGER or
+    FLOAT."""
+    from typer import core
+
+    for cls in (core.TyperArgument, core.TyperOption):
+        typer_type = getattr(cls, "display_type_rich", None)
+        if typer_type is None:  # an older Typer: click's names already
+            continue
+
+        def display_type_rich(self: Any, ctx: Any, typer_type: Any = typer_type) -> str | None:
+            if getattr(self, "is_flag", False):
+                return None
+            shown = typer_type(self, ctx)
+            if not shown or not shown.startswith("<"):  # an option's own metavar
+                return shown
+            name = shown.strip("<>.").removeprefix("list[").removesuffix("]")
+            return _CLICK_TYPE_NAMES.get(name, name.upper())
+
+        cls.display_type_rich = display_type_rich
+
+
+class _TrimmedLines:
+    """A text stream that drops the spaces ending each line: Rich pads every line of a help
+    screen to the console's width, which shows on a pipe, in a file or in `less`."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.pending = stream, ""
+
+    def write(self, text: str) -> int:
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            self.stream.write(line.rstrip(" ") + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self.pending:
+            self.stream.write(self.pending)
+            self.pending = ""
+        self.stream.flush()
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding... of the real stream
+        return getattr(self.stream, name)
+
+
+def _help_without_padding() -> None:
+    """Typer's help screens write through a Rich console it makes for each; have those write
+    through `_TrimmedLines`."""
+    from typer import rich_utils
+
+    make_console = getattr(rich_utils, "_get_rich_console", None)
+    if make_console is None:  # pragma: no cover - a Typer that renders help some other way
+        return
+
+    def trimmed_console(stderr: bool = False) -> Any:
+        made = make_console(stderr=stderr)
+        made.file = _TrimmedLines(sys.stderr if stderr else sys.stdout)
+        return made
+
+    rich_utils._get_rich_console = trimmed_console
+
+
+_plain_value_types()
+_help_without_padding()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     exit_status: list[int] = []
@@ -125,8 +198,8 @@ def run(argv: list[str] | None = None) -> int:
     try:
         result = app(args=argv, prog_name="gpt2", standalone_mode=False)
     except ClickException as exc:
-        if type(exc).__name__ == "NoArgsIsHelpError":  # `gpt2` alone: help is already printed
-            return exc.exit_code
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `gpt2` alone: the help, on stdout
+            return 0
         message = exc.format_message()
         ctx = getattr(exc, "ctx", None)
         if isinstance(exc, ClickUsageError) and ctx is not None:

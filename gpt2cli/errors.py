@@ -55,6 +55,11 @@ class DownloadError(Gpt2Error):
     """A download that failed (network, integrity check)."""
 
 
+class NonFiniteOutputError(Gpt2Error):
+    """The model computed NaN or infinite logits (broken weights, or values beyond the dtype's
+    range): nothing sensible can be sampled from them."""
+
+
 class Interrupted(Exception):
     """Ctrl-C inside a command, after what it printed was ended cleanly (exit 130)."""
 

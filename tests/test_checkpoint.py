@@ -90,6 +90,10 @@ def broken(tiny_checkpoint: Path, tmp_path: Path, how: str) -> Path:
         (folder / "config.json").write_text(json.dumps(cfg))
     elif how == "bad-json":
         (folder / "config.json").write_text("{not json")
+    elif how == "absurd-depth":  # listing its 1.2e9 tensor names alone took minutes
+        cfg = json.loads((folder / "config.json").read_text())
+        cfg["n_layer"] = 100_000_000
+        (folder / "config.json").write_text(json.dumps(cfg))
     return folder
 
 
@@ -105,6 +109,7 @@ def broken(tiny_checkpoint: Path, tmp_path: Path, how: str) -> Path:
         ("missing-tensor", "lacks tensor 'h.1.mlp.c_fc.weight'"),
         ("bad-json", "not valid JSON"),
         ("zero-heads", "must be positive"),
+        ("absurd-depth", "config.json says n_layer 100000000, but the weights hold 2 layers"),
     ],
 )
 def test_broken_checkpoints_give_specific_errors(

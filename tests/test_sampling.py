@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gpt2cli.errors import ParamError
+from gpt2cli.errors import NonFiniteOutputError, ParamError
 from gpt2cli.runtime.sampling import apply_repetition_penalty, sample_next
 from gpt2cli.types import SamplingParams
 
@@ -120,3 +120,25 @@ def test_extreme_values_stay_finite() -> None:
     assert torch.equal(sample_next(logits, SamplingParams(temperature=1e-7), g), logits.argmax(-1))
     tiny_p = SamplingParams(top_p=1e-300, top_k=0, temperature=3.0)
     assert torch.equal(sample_next(logits, tiny_p, g), logits.argmax(-1))
+
+
+@pytest.mark.parametrize("temperature", [1e39, 1e300])
+def test_a_huge_temperature_keeps_the_top_k(logits: torch.Tensor, temperature: float) -> None:
+    """float32 turns such a temperature into inf and every scaled logit into 0: the k tokens
+    kept must still be the k most likely, not the first of a tie."""
+    allowed = set(torch.topk(logits[0], 5).indices.tolist())
+    seen = draws(logits, SamplingParams(top_k=5, temperature=temperature))
+    assert seen == allowed  # uniform over the five: 400 draws see them all
+    nucleus = draws(logits, SamplingParams(top_k=0, top_p=0.01, temperature=temperature))
+    assert nucleus <= set(torch.topk(logits[0], 5).indices.tolist())
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize(
+    "params", [SamplingParams(temperature=0), SamplingParams(), SamplingParams(top_p=0.5)]
+)
+def test_non_finite_logits_are_a_clean_error(bad: float, params: SamplingParams) -> None:
+    logits = torch.zeros(2, 50)
+    logits[1, :] = bad  # a whole row (a broken model), not one masked token
+    with pytest.raises(NonFiniteOutputError, match="not finite"):
+        sample_next(logits, params, torch.Generator().manual_seed(0))

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from gpt2cli.commands import options
+from gpt2cli.commands.open_model import check_model
 from gpt2cli.commands.options import DEFAULT_GENERATION as GEN
 from gpt2cli.commands.options import DEFAULT_PARAMS as PARAMS
 from gpt2cli.errors import Interrupted
@@ -98,10 +99,10 @@ def generate(
     # Every flag is checked before torch is imported, so a typo fails in a fraction of a second.
     params = SamplingParams(temperature, top_k, top_p, repetition_penalty, seed)
     config = GenerationConfig(max_tokens, samples, options.stop_strings(stop), ignore_eos)
-    load = LoadOptions(model, device, dtype, revision, offline or None, threads)
     from gpt2cli.ui.probs import candidates_to_show
 
     candidates = candidates_to_show(top_candidates, explain_steps)
+    load = check_model(LoadOptions(model, device, dtype, revision, offline or None, threads))
 
     from gpt2cli import console
     from gpt2cli.commands.open_model import open_model
@@ -110,6 +111,8 @@ def generate(
 
     console.tolerate_unencodable_output()
     renderer = Renderer(json_output=json_output, echo=True if echo else None, verbose=verbose)
+    if echo and json_output:
+        renderer.warn("--echo is ignored with --json: each record holds the continuation only")
     text = read_prompt(prompt)
     for warning in text.warnings:
         renderer.warn(warning)

@@ -1,6 +1,7 @@
-"""Opening the model a command asked for, as a user at a terminal sees it: the device checked
-first (before a download that would be wasted), the checkpoint resolved with Rich download bars,
-then the weights loaded under a "Loading …" note."""
+"""Opening the model a command asked for, as a user at a terminal sees it: the name checked as
+soon as the flags are read (before torch), the device checked next (before a download that
+would be wasted), the checkpoint resolved with Rich download bars, then the weights loaded under
+a "Loading …" note."""
 
 from __future__ import annotations
 
@@ -10,6 +11,20 @@ from gpt2cli.types import LoadOptions
 
 if TYPE_CHECKING:
     from gpt2cli.runtime.loader import LoadedModel
+
+
+def check_model(options: LoadOptions) -> LoadOptions:
+    """`options`, once what can be known of its model without torch or the network is checked:
+    a name that cannot be a model fails now (hub/names.py: exit 2 for a mistyped name, "no such
+    folder" for a path), and --revision with a local folder, which has no revisions, is warned
+    about."""
+    from gpt2cli import console
+    from gpt2cli.hub.names import check_model_name, local_folder
+
+    check_model_name(options.model)
+    if options.revision is not None and local_folder(options.model) is not None:
+        console.warn(f"--revision {options.revision} is ignored: {options.model} is a local folder")
+    return options
 
 
 def open_model(options: LoadOptions) -> LoadedModel:

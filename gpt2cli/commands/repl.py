@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from gpt2cli.commands import options
+from gpt2cli.commands.open_model import check_model
 from gpt2cli.commands.options import DEFAULT_GENERATION as GEN
 from gpt2cli.commands.options import DEFAULT_PARAMS as PARAMS
 from gpt2cli.repl.settings import MODES, Settings, check_mode
@@ -65,8 +66,8 @@ def repl(
     # Every flag is checked before torch is imported, as for generate.
     params = SamplingParams(temperature, top_k, top_p, repetition_penalty, seed)
     config = GenerationConfig(max_tokens, stop=options.stop_strings(stop), ignore_eos=ignore_eos)
-    load = LoadOptions(model, device, dtype, revision, offline or None, threads)
     mode = check_mode(mode)
+    load = check_model(LoadOptions(model, device, dtype, revision, offline or None, threads))
 
     from gpt2cli import console
     from gpt2cli.commands.open_model import open_model
@@ -81,7 +82,7 @@ def repl(
         Settings(params, config),
         mode=mode,
         renderer=Renderer(echo=False, verbose=verbose),
-        load=lambda name: open_model(dataclasses.replace(load, model=name)),
+        load=lambda name: open_model(check_model(dataclasses.replace(load, model=name))),
         parse_stop=options.stop_strings,
     )
     if run_session(session):

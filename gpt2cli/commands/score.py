@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from gpt2cli.commands import options
+from gpt2cli.commands.open_model import check_model
 from gpt2cli.errors import ParamError, UsageError
 from gpt2cli.types import LoadOptions
 
@@ -88,7 +89,7 @@ def score(
 ) -> None:
     if stride is not None and stride < 1:
         raise ParamError("stride", f"must be an integer >= 1, got {stride}")
-    load = LoadOptions(model, device, dtype, revision, offline or None, threads)
+    load = check_model(LoadOptions(model, device, dtype, revision, offline or None, threads))
 
     from rich.text import Text
 

@@ -23,31 +23,63 @@ from gpt2cli.model.tensorfile import TensorFile, TensorFileError, TensorInfo
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
 
-def _expected_shapes(cfg: GPT2Config) -> dict[str, tuple[int, ...]]:
-    d, inner = cfg.n_embd, cfg.inner_dim
-    shapes: dict[str, tuple[int, ...]] = {
+def _top_shapes(cfg: GPT2Config) -> dict[str, tuple[int, ...]]:
+    d = cfg.n_embd
+    return {
         "wte.weight": (cfg.vocab_size, d),
         "wpe.weight": (cfg.n_positions, d),
         "ln_f.weight": (d,),
         "ln_f.bias": (d,),
     }
-    for i in range(cfg.n_layer):
-        p = f"h.{i}."
-        shapes |= {
-            p + "ln_1.weight": (d,),
-            p + "ln_1.bias": (d,),
-            p + "ln_2.weight": (d,),
-            p + "ln_2.bias": (d,),
-            p + "attn.c_attn.weight": (d, 3 * d),  # Conv1D layout: (in, out)
-            p + "attn.c_attn.bias": (3 * d,),
-            p + "attn.c_proj.weight": (d, d),
-            p + "attn.c_proj.bias": (d,),
-            p + "mlp.c_fc.weight": (d, inner),
-            p + "mlp.c_fc.bias": (inner,),
-            p + "mlp.c_proj.weight": (inner, d),
-            p + "mlp.c_proj.bias": (d,),
-        }
-    return shapes
+
+
+def _block_shapes(cfg: GPT2Config) -> dict[str, tuple[int, ...]]:
+    """The tensors of one block, by their name under `h.N.`."""
+    d, inner = cfg.n_embd, cfg.inner_dim
+    return {
+        "ln_1.weight": (d,),
+        "ln_1.bias": (d,),
+        "ln_2.weight": (d,),
+        "ln_2.bias": (d,),
+        "attn.c_attn.weight": (d, 3 * d),  # Conv1D layout: (in, out)
+        "attn.c_attn.bias": (3 * d,),
+        "attn.c_proj.weight": (d, d),
+        "attn.c_proj.bias": (d,),
+        "mlp.c_fc.weight": (d, inner),
+        "mlp.c_fc.bias": (inner,),
+        "mlp.c_proj.weight": (inner, d),
+        "mlp.c_proj.bias": (d,),
+    }
+
+
+def _expected_shape(cfg: GPT2Config, name: str) -> tuple[int, ...] | None:
+    """The shape config.json implies for tensor `name`; None for a tensor GPT-2 has not."""
+    top = _top_shapes(cfg).get(name)
+    if top is not None or not name.startswith("h."):
+        return top
+    layer, _, rest = name.removeprefix("h.").partition(".")
+    if not layer.isdecimal() or int(layer) >= cfg.n_layer:
+        return None
+    return _block_shapes(cfg).get(rest)
+
+
+def _expected_names(cfg: GPT2Config) -> list[str]:
+    """Every tensor name config.json implies: 12 per layer, so call it once n_layer is known to
+    match the files."""
+    block = list(_block_shapes(cfg))
+    return [*_top_shapes(cfg), *(f"h.{i}.{n}" for i in range(cfg.n_layer) for n in block)]
+
+
+def _check_layers(cfg: GPT2Config, tensors: dict[str, tuple[TensorFile, TensorInfo]]) -> None:
+    """Refuse a config.json with more layers than the files hold, before anything of its size
+    is built: `n_layer: 100000000` would otherwise list 1.2e9 tensor names (the other sizes
+    are checked by the shapes of the tensors present)."""
+    layers = {name.split(".")[1] for name in tensors if name.startswith("h.")}
+    if cfg.n_layer > len(layers):
+        raise CheckpointError(
+            f"config.json says n_layer {cfg.n_layer}, but the weights hold {len(layers)} "
+            f"layer{'s' if len(layers) != 1 else ''}"
+        )
 
 
 def _index(files: list[Path]) -> dict[str, tuple[TensorFile, TensorInfo]]:
@@ -84,16 +116,16 @@ def load_checkpoint(
     device = torch.device(device)
     cfg = read_config(folder)
     tensors = _index(weight_files(folder))
-    expected = _expected_shapes(cfg)
     for name, (_, info) in tensors.items():
-        shape = expected.get(name)
+        shape = _expected_shape(cfg, name)
         if shape is None:
             raise CheckpointError(f"unexpected tensor {name!r} in checkpoint: not a GPT-2 layout")
         if info.shape != shape:
             raise CheckpointError(
                 f"tensor {name!r} has shape {info.shape}, but config.json implies {shape}"
             )
-    missing = sorted(set(expected) - set(tensors))
+    _check_layers(cfg, tensors)  # before listing the n_layer * 12 names it implies
+    missing = [name for name in _expected_names(cfg) if name not in tensors]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise CheckpointError(f"checkpoint lacks tensor {missing[0]!r}{more}")

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import BinaryIO, Protocol, TextIO
+
+from gpt2cli.ui.prompt_input import decode_utf8
 
 PS1, PS2 = ">>> ", "... "
 BLOCK = '"""'
@@ -53,19 +55,27 @@ def read_entry(source: LineSource) -> str:
 
 
 class PipedInput:
-    """Entries from a pipe or a file: no prompts, no line editing."""
+    """Entries from a pipe or a file: no prompts, no line editing. Bytes that are not UTF-8 are
+    replaced, and `warn` says so once per line, as `gpt2 generate` does for stdin."""
 
     interactive = False
 
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        with contextlib.suppress(AttributeError, ValueError):
-            stream.reconfigure(errors="replace")  # type: ignore[attr-defined]
+    def __init__(self, stream: TextIO, warn: Callable[[str], None] | None = None) -> None:
+        self.stream, self.warn = stream, warn
+        self.raw: BinaryIO | None = getattr(stream, "buffer", None)
+        self.lines = 0
 
     def read(self, prompt: str) -> str:
-        line = self.stream.readline()
+        if self.raw is None:
+            line = self.stream.readline()
+        else:
+            data = self.raw.readline()
+            line, warnings = decode_utf8(data, f"input line {self.lines + 1}")
+            for warning in warnings if self.warn is not None else ():
+                self.warn(warning)
         if not line:
             raise EOFError
+        self.lines += 1
         return line.removesuffix("\n").removesuffix("\r")
 
     def close(self) -> None:

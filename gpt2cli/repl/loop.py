@@ -33,7 +33,7 @@ def run_session(session: Session, source: PipedInput | TerminalInput | None = No
             words = {"": [f"/{name}" for name in COMMANDS], "/set": SETTINGS, "/mode": MODES}
             source = TerminalInput(history_path(), words)
         else:
-            source = PipedInput(sys.stdin)
+            source = PipedInput(sys.stdin, warn=session.renderer.warn)
     try:
         return _loop(session, source)
     finally:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from gpt2cli.errors import ParamError
+from gpt2cli.errors import CheckpointError, ParamError
 from gpt2cli.hub.progress import ProgressFactory
 from gpt2cli.model.checkpoint import load_checkpoint
 from gpt2cli.model.config import GPT2Config
@@ -133,4 +133,10 @@ def load_folder(folder: Path, options: LoadOptions) -> LoadedModel:
     dt = pick_dtype(options.dtype, dev)
     net = load_checkpoint(folder, device=dev, dtype=dt)  # first: it says best what is wrong
     tokenizer = Tokenizer.from_folder(folder)
+    if tokenizer.vocab_size > net.config.vocab_size:  # fewer is fine: padded embeddings
+        raise CheckpointError(
+            f"the tokenizer in {folder} has {tokenizer.vocab_size} tokens, but config.json's "
+            f"vocab_size (and the embedding) only {net.config.vocab_size}: they do not belong "
+            "together"
+        )
     return LoadedModel(net, tokenizer, options.model, Path(folder), dev, dt)

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import torch
 
+from gpt2cli.errors import NonFiniteOutputError
 from gpt2cli.types import SamplingParams
+
+# Above this temperature the distribution is uniform to float32's precision anyway (logits
+# span far less than 1e3, and 1e3 / 1e10 is below float32's epsilon); a larger divisor would
+# only risk inf / inf = NaN.
+MAX_TEMPERATURE = 1e10
 
 
 def apply_repetition_penalty(
@@ -28,16 +34,20 @@ def candidate_distribution(
 
     Returns (probs, ids): `probs` is (batch, n) and `ids` maps its columns to token ids, or is
     None when the columns are the whole vocabulary. Tokens cut by top-k/top-p are absent or 0.
-    """
+
+    Tokens are ranked on the raw logits: dividing by a temperature keeps their order, except
+    that a huge one (float32 overflows at 3.4e38) would make them all equal, and top-k would
+    then keep whichever tied tokens `torch.topk` returns first."""
     logits = logits.float()
-    if params.temperature != 1.0:  # shifted so that a small temperature cannot overflow
-        logits = (logits - logits.amax(dim=-1, keepdim=True)) / params.temperature
     ids = None
     if params.top_k and params.top_k < logits.shape[-1]:
         logits, ids = torch.topk(logits, params.top_k, dim=-1)  # sorted, descending
+    elif params.top_p < 1.0:
+        logits, ids = torch.sort(logits, dim=-1, descending=True)
+    if params.temperature != 1.0:  # shifted so that a small temperature cannot overflow
+        temperature = min(params.temperature, MAX_TEMPERATURE)
+        logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if params.top_p < 1.0:
-        if ids is None:
-            logits, ids = torch.sort(logits, dim=-1, descending=True)
         probs = torch.softmax(logits, dim=-1)
         mass_before = torch.cumsum(probs, dim=-1) - probs
         cut = mass_before >= params.top_p
@@ -61,16 +71,31 @@ def sample_next(
     if params.repetition_penalty != 1.0 and seen is not None:
         logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
     if params.greedy:
-        return torch.argmax(logits, dim=-1)
+        best, choice = logits.max(dim=-1)  # a NaN is the max: it shows in `best`
+        if not torch.isfinite(best).all():
+            raise _not_finite()
+        return choice
     probs, ids = candidate_distribution(logits, params)
-    if generators is None:
-        choice = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    else:
-        picks = [torch.multinomial(row, 1, generator=g) for row, g in zip(probs, generators)]
-        choice = torch.cat(picks)
+    try:
+        if generators is None:
+            choice = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        else:
+            picks = [torch.multinomial(row, 1, generator=g) for row, g in zip(probs, generators)]
+            choice = torch.cat(picks)
+    except RuntimeError:  # torch.multinomial refuses NaN and inf (on every device)
+        if not torch.isfinite(probs).all():
+            raise _not_finite() from None
+        raise
     if ids is None:
         return choice
     return ids.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
+
+
+def _not_finite() -> NonFiniteOutputError:
+    return NonFiniteOutputError(
+        "the model's output is not finite (NaN or infinite logits): its weights are broken, "
+        "or too large for the dtype (try --dtype float32)"
+    )
 
 
 def sample_seed(seed: int, sample: int) -> int:
