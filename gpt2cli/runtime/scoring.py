@@ -89,6 +89,20 @@ def score_ids(
     return logprobs, windows
 
 
+def score_token_ids(
+    lm: LoadedModel,
+    ids: Sequence[int] | torch.Tensor,
+    *,
+    stride: int | None = None,
+    progress: Progress | None = None,
+) -> TextScore:
+    """The sliding-window score of token ids as they are (no BOS added; the first is not
+    scored), keeping nothing per token. Raises ParamError for a bad stride."""
+    stride = check_stride(stride, lm.context_length)
+    _, nll_sum, scored, windows = _score(lm, ids, stride, False, progress)
+    return TextScore(nll_sum, scored, lm.context_length, stride, windows, bos=False)
+
+
 def _score(
     lm: LoadedModel,
     ids: Sequence[int] | torch.Tensor,
@@ -170,29 +184,42 @@ def candidate_steps(
     sampled: Sequence[int | None],
     params: SamplingParams,
     top_n: int,
+    *,
+    context_shift: bool = False,
 ) -> list[CandidateStep]:
     """For each token of `sampled` (generated after `context`, in order), the `top_n` most
     likely candidates at that step. A final None in `sampled` stands for the next token, not
     sampled yet. An empty context is `<|endoftext|>`, as for generation; a context too long for
-    the window keeps its last tokens."""
+    the window keeps its last tokens. With `context_shift` the steps may run past the window:
+    each is computed on the context the scheduler's shift policy gave it."""
     if not sampled:
         return []
-    if len(sampled) > lm.context_length:
+    window = lm.context_length
+    if len(sampled) > window and not context_shift:
         raise ValueError("more sampled tokens than fit in the window")
     context = list(context) or [lm.bos_id]
-    context = context[max(0, len(context) + len(sampled) - 1 - lm.context_length) :]
-    fed = [*context, *sampled[:-1]]
-    ids = torch.tensor([fed], device=lm.device)
-    logits = lm.model(ids, lm.model.new_cache(1), all_logits=True)[0, len(context) - 1 :]
+    keep = window if context_shift else window + 1 - len(sampled)
+    context = context[max(0, len(context) - keep) :]
     seen = None
     if params.repetition_penalty != 1.0:
-        seen = torch.zeros(1, logits.shape[-1], dtype=torch.bool, device=lm.device)
-        seen[0, ids[0, : len(context)]] = True
-    steps = []
-    for i, chosen in enumerate(sampled):
-        if seen is not None and i:
-            seen[0, sampled[i - 1]] = True
-        steps.append(_step(lm, i, logits[i : i + 1].float(), chosen, params, top_n, seen))
+        seen = torch.zeros(1, lm.config.vocab_size, dtype=torch.bool, device=lm.device)
+        seen[0, torch.tensor(context, device=lm.device)] = True
+    steps: list[CandidateStep] = []
+    while len(steps) < len(sampled):
+        # Steps that share this context: up to the one whose token fills the window.
+        first = len(steps)
+        part = sampled[first : first + window - len(context) + 1]
+        ids = torch.tensor([[*context, *part[:-1]]], device=lm.device)
+        logits = lm.model(ids, lm.model.new_cache(1), all_logits=True)[0, len(context) - 1 :]
+        for j, chosen in enumerate(part):
+            if seen is not None and first + j:
+                seen[0, sampled[first + j - 1]] = True
+            steps.append(
+                _step(lm, first + j, logits[j : j + 1].float(), chosen, params, top_n, seen)
+            )
+        context = [*context, *part]  # type: ignore[list-item]
+        if len(context) > window:  # the last token did not fit: the scheduler's shift
+            context = context[-(window // 2) :]
     return steps
 
 
