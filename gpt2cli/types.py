@@ -171,6 +171,7 @@ class Delta:
     token_id: int | None  # None for the text released when a sample finishes
     logprob: float | None = None  # log-probability of token_id under the model (raw logits)
     top: tuple[tuple[int, float], ...] | None = None  # most likely (id, logprob), best first
+    shifts: int = 0  # context shifts of this sample before this token (see GenerationConfig)
 
 
 def decode_rate(tokens: int, first: float | None, now: float) -> float:

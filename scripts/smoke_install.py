@@ -4,10 +4,10 @@
 
 A fresh virtual environment gets `pip install torch==2.13.0`, then `pip install .` (not editable,
 no extras unless --extra names one), and that environment's `gpt2` runs on a tiny checkpoint
-built by the tests' own builder: generate (argument, piped stdin, --json), score, repl on piped
-stdin, download from a fake Hub on 127.0.0.1, then generate offline. Any runtime dependency that
-is imported but not declared fails here, which the test suite (installed with the test extras,
-which pull numpy and more) cannot see.
+built by the tests' own builder: generate (argument, piped stdin, --json, --context-shift),
+score (short and long texts), repl on piped stdin, download from a fake Hub on 127.0.0.1, then
+generate offline. Any runtime dependency that is imported but not declared fails here, which the
+test suite (installed with the test extras, which pull numpy and more) cannot see.
 
 The checkpoint builder and the fake Hub run in *this* interpreter (which has the test extras);
 only the `gpt2` under test runs from the fresh environment.
@@ -118,6 +118,13 @@ def check(venv: Path, home: Path) -> None:
     assert record["completion_tokens"] >= 1 and record["seed"] == 1, record
     out = gpt2(venv, env, "score", "-m", m, "--json", "The quick brown fox.")
     assert json.loads(out.stdout)["perplexity"] > 0
+    long_text = "The quick brown fox jumps over the lazy dog. " * 60  # past the 128 window
+    out = gpt2(venv, env, "score", "-m", m, "--json", "--stride", "128", stdin=long_text)
+    assert json.loads(out.stdout)["windows"] > 1
+    shift = ["--context-shift", "--ignore-eos", "-n", "300", "--json"]
+    out = gpt2(venv, env, "generate", "-m", m, *shift, "-s", "1", "Hi")
+    record = json.loads(out.stdout)
+    assert record["finish_reason"] == "length" and record["context_shifts"] >= 2, record
     out = gpt2(venv, env, "repl", "-m", m, "-n", "5", stdin="Hello\n/set temperature 0\nWorld\n")
     assert len(out.stdout.strip().splitlines()) >= 1, "repl printed nothing"
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from gpt2cli.runtime.loader import load_model
-from gpt2cli.runtime.scoring import score_ids
+from gpt2cli.runtime.scoring import score_ids, score_text
+from gpt2cli.runtime.sliding import slide
 from tests.support.cli import ESCAPE, assert_one_line_error, gpt2, spawn_in_terminal
 
 SHORT = "The quick brown fox jumps over the lazy dog."
@@ -96,6 +97,22 @@ def test_long_text_sliding_window_matches_transformers(
     assert record["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-5)
 
 
+def test_stride_of_a_whole_window_matches_transformers(
+    oracle, tokenizer, tiny_checkpoint: Path
+) -> None:
+    """Windows that do not overlap: the first token of each has no context and is not scored,
+    as in the Hugging Face guide's loop."""
+    ids = [tokenizer.eot_id] + tokenizer.encode(LONG)
+    proc = score(tiny_checkpoint, "--json", "--stride", "128", "-", input=LONG)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)
+    total, count = reference_nlls(oracle, ids, 128, 128)
+    windows = -(-len(ids) // 128)
+    assert record["windows"] == windows and count == len(ids) - windows
+    assert record["tokens_scored"] == count
+    assert record["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-5)
+
+
 def test_each_token_scored_once_with_its_window_context(tiny_checkpoint: Path) -> None:
     lm = load_model(str(tiny_checkpoint), device="cpu")
     ids = lm.tokenizer.encode(LONG)[:300]
@@ -129,7 +146,7 @@ def test_terminal_tokens_coloured_unless_no_color(tiny_checkpoint: Path) -> None
 
 def test_errors(tiny_checkpoint: Path) -> None:
     assert_one_line_error(score(tiny_checkpoint, "--stride", "0", "x"), 2, "--stride")
-    assert_one_line_error(score(tiny_checkpoint, "--stride", "128", "x"), 2, "--stride", "127")
+    assert_one_line_error(score(tiny_checkpoint, "--stride", "129", "x"), 2, "--stride", "128")
     assert_one_line_error(score(tiny_checkpoint), 2, "nothing to score")
 
 
@@ -143,3 +160,50 @@ def test_score_help_does_not_import_torch() -> None:
     )
     assert "Usage" in proc.stdout and "--stride" in proc.stdout
     assert not re.search(r"\|\s+torch(\.|$)", proc.stderr, re.M)
+
+
+def one_window_at_a_time(lm, ids: list[int], stride: int) -> list[float | None]:
+    """The plain loop: one full forward pass per window, every logit computed."""
+    window, out, done = lm.context_length, [None] * len(ids), 1
+    for begin in range(0, len(ids), stride):
+        end = min(begin + window, len(ids))
+        logits = lm.model(torch.tensor([ids[begin:end]]), lm.model.new_cache(1), all_logits=True)
+        logp = torch.log_softmax(logits[0], dim=-1)
+        for pos in range(max(done, begin + 1), end):
+            out[pos] = logp[pos - begin - 1, ids[pos]].item()
+        done = end
+        if end == len(ids):
+            break
+    return out
+
+
+@pytest.mark.parametrize("stride", [1, 7, 64, 127, 128])
+def test_windows_batched_in_passes_score_as_one_at_a_time(tiny_checkpoint: Path, stride) -> None:
+    """Several windows per pass (and the output head on the scored rows only) give every token
+    the logprob the plain one-window-per-pass loop gives, whatever the windows per pass."""
+    lm = load_model(str(tiny_checkpoint), device="cpu")
+    ids = lm.tokenizer.encode(LONG)[: 128 + 3 * stride + 5]
+    expected = one_window_at_a_time(lm, ids, stride)
+    for per_pass in (128, 3 * 128, 4096):
+        got = [None] * len(ids)
+        passes = 0
+        for part in slide(lm.model, torch.tensor(ids), 128, stride, tokens_per_pass=per_pass):
+            passes += 1
+            for pos, lp in zip(part.positions.tolist(), part.logprobs.tolist()):
+                assert got[pos] is None  # each token once
+                got[pos] = lp
+        assert [g is None for g in got] == [e is None for e in expected]
+        assert [g for g in got if g is not None] == pytest.approx(
+            [e for e in expected if e is not None], abs=1e-5
+        )
+        assert passes > 1 or per_pass == 4096
+
+
+def test_without_tokens_nothing_per_token_is_kept(tiny_checkpoint: Path) -> None:
+    lm = load_model(str(tiny_checkpoint), device="cpu")
+    seen = []
+    result = score_text(lm, LONG, stride=32, tokens=False, progress=lambda *a: seen.append(a))
+    full = score_text(lm, LONG, stride=32)
+    assert result.tokens is None and len(full.tokens) == len(lm.tokenizer.encode(LONG))
+    assert result.nll == pytest.approx(full.nll, rel=1e-9) and result.scored == full.scored
+    assert seen[0] == (0, result.windows) and seen[-1] == (result.windows, result.windows)

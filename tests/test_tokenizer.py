@@ -84,3 +84,56 @@ def test_vocab_and_merges_fallback(tiny_checkpoint: Path, tmp_path: Path, tok: T
 def test_missing_tokenizer_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no tokenizer.json"):
         Tokenizer.from_folder(tmp_path)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    words=st.lists(
+        st.sampled_from(
+            [
+                "fox",
+                "Café",
+                "東京",
+                "🎉",
+                "1234",
+                "it's",
+                "'",
+                "...",
+                " ",
+                "  ",
+                "\n",
+                "\n\n",
+                "\t",
+                "<|endoftext|>",
+                "[bold]",
+                "x.",
+                "\u00a0",
+                "ñ",
+            ]
+        ),
+        max_size=80,
+    ),
+    piece=st.integers(1, 40),
+)
+def test_long_text_encoded_in_pieces_equals_one_encode(
+    tok: Tokenizer, words: list[str], piece: int
+) -> None:
+    """`encode_long` cuts the text where GPT-2's pre-tokenizer splits anyway: the same ids."""
+    text = "".join(words)
+    assert tok.encode_long(text, piece_chars=piece).tolist() == tok.encode(text)
+
+
+def test_long_text_cut_into_many_pieces(tok: Tokenizer) -> None:
+    text = " ".join(["The quick brown fox, it's 1234 東京 🎉!\n"] * 300)
+    ids = tok.encode_long(text, piece_chars=50)
+    assert ids.itemsize == 4 and ids.tolist() == tok.encode(text)
+
+
+def test_tokenizer_with_a_normalizer_encodes_long_text_whole(tiny_checkpoint: Path) -> None:
+    from tokenizers import normalizers
+
+    tok = Tokenizer.from_folder(tiny_checkpoint)
+    tok._tok.normalizer = normalizers.Lowercase()
+    text = "The Quick Brown Fox " * 50
+    assert not tok._splits_at_spaces()
+    assert tok.encode_long(text, piece_chars=10).tolist() == tok.encode(text)

@@ -39,6 +39,7 @@ EPILOG = """[bold]Examples[/bold]
   echo "Q: What is GPT-2?" | gpt2 generate --json --samples 3 | jq -r .text
   gpt2 generate -m ./my-finetuned-gpt2 --device cpu --dtype float32 "Hello"
   gpt2 generate --show-probs --top-candidates 10 --explain-steps 3 "The capital of France is"
+  gpt2 generate --context-shift -n 3000 --ignore-eos "Chapter 1" > story.txt
 """
 
 
@@ -60,6 +61,7 @@ def generate(
     seed: options.Seed = None,
     stop: options.Stop = None,
     ignore_eos: options.IgnoreEos = GEN.ignore_eos,
+    context_shift: options.ContextShift = GEN.context_shift,
     samples: Annotated[
         int,
         typer.Option(
@@ -78,7 +80,7 @@ def generate(
         typer.Option(
             "--json",
             help="One JSON object per sample on stdout: text, prompt_tokens, completion_tokens, "
-            "finish_reason, seed, model, time_to_first_token_s, tokens_per_s.",
+            "finish_reason, seed, model, time_to_first_token_s, tokens_per_s, context_shifts.",
             rich_help_panel=options.OUTPUT_PANEL,
         ),
     ] = False,
@@ -98,7 +100,9 @@ def generate(
 ) -> None:
     # Every flag is checked before torch is imported, so a typo fails in a fraction of a second.
     params = SamplingParams(temperature, top_k, top_p, repetition_penalty, seed)
-    config = GenerationConfig(max_tokens, samples, options.stop_strings(stop), ignore_eos)
+    config = GenerationConfig(
+        max_tokens, samples, options.stop_strings(stop), ignore_eos, context_shift=context_shift
+    )
     from gpt2cli.ui.probs import candidates_to_show
 
     candidates = candidates_to_show(top_candidates, explain_steps)
@@ -132,7 +136,7 @@ def generate(
     config = dataclasses.replace(config, logprobs=logprobs, top_logprobs=top_logprobs)
     shown = renderer.render(run(lm, text.text, params, config), prompt=text.text, model=lm.name)
     if candidates and renderer.mode != "json" and not renderer.interrupted:
-        _explain(renderer, lm, params, shown, candidates, explain_steps)
+        _explain(renderer, lm, params, shown, candidates, explain_steps, context_shift)
     if renderer.interrupted:
         raise Interrupted
 
@@ -156,6 +160,7 @@ def _explain(
     shown: list[Completion],
     top_n: int,
     steps: int | None,
+    context_shift: bool = False,
 ) -> None:
     """The candidate tables after the text: for each sample, its first `steps` tokens."""
     from rich.text import Text
@@ -177,7 +182,9 @@ def _explain(
             else:
                 renderer.console.print()
                 renderer.console.rule(Text(label), style="dim")
-        table = candidate_steps(lm, context, sampled[:steps], params, top_n)
+        table = candidate_steps(
+            lm, context, sampled[:steps], params, top_n, context_shift=context_shift
+        )
         print_candidates(renderer.console, table, plain)
 
 

@@ -164,6 +164,15 @@ IgnoreEos = Annotated[
         rich_help_panel=SAMPLING_PANEL,
     ),
 ]
+ContextShift = Annotated[
+    bool,
+    typer.Option(
+        "--context-shift",
+        help="When the window is full, keep its last half and go on (re-read from position 0) "
+        "instead of finishing with 'context'; --max-tokens may then exceed the window.",
+        rich_help_panel=SAMPLING_PANEL,
+    ),
+]
 ShowProbs = Annotated[
     bool,
     typer.Option(

@@ -31,7 +31,7 @@ HELP = (
 EPILOG = """[bold]Examples[/bold]
 
   gpt2 repl
-  gpt2 repl -m medium -t 0.8 --mode continue
+  gpt2 repl -m medium -t 0.8 --mode continue --context-shift
   printf 'Once upon a time\\n/set temperature 0\\nThe answer is\\n' | gpt2 repl -n 30
 """
 
@@ -46,6 +46,7 @@ def repl(
     seed: options.Seed = None,
     stop: options.Stop = None,
     ignore_eos: options.IgnoreEos = GEN.ignore_eos,
+    context_shift: options.ContextShift = GEN.context_shift,
     mode: Annotated[
         str,
         typer.Option(
@@ -65,7 +66,12 @@ def repl(
 ) -> None:
     # Every flag is checked before torch is imported, as for generate.
     params = SamplingParams(temperature, top_k, top_p, repetition_penalty, seed)
-    config = GenerationConfig(max_tokens, stop=options.stop_strings(stop), ignore_eos=ignore_eos)
+    config = GenerationConfig(
+        max_tokens,
+        stop=options.stop_strings(stop),
+        ignore_eos=ignore_eos,
+        context_shift=context_shift,
+    )
     mode = check_mode(mode)
     load = check_model(LoadOptions(model, device, dtype, revision, offline or None, threads))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import TYPE_CHECKING, Annotated
 
@@ -24,7 +25,7 @@ HELP = (
     "<|endoftext|>, so its first token is scored too (--no-bos leaves the first token "
     "unscored). A text longer than the model's window is scored with a sliding window: windows "
     "start every --stride tokens, and each token is scored once, with up to window - 1 tokens "
-    "of context.\n\n"
+    "of context. On a terminal a progress bar shows the windows scored.\n\n"
     "--tokens adds a table of every token's log-probability, coloured on a terminal as "
     "generate --show-probs colours tokens; --json writes one JSON object for scripts."
 )
@@ -56,7 +57,7 @@ def score(
         typer.Option(
             "--stride",
             help="For texts longer than the window: a new window every N tokens, in "
-            "[1, window - 1] (default: half the window).",
+            "[1, window] (default: half the window).",
             metavar="N",
             show_default=False,
             rich_help_panel=options.SCORING_PANEL,
@@ -111,8 +112,12 @@ def score(
         console.info(lm.describe())
 
     from gpt2cli.runtime.scoring import score_text
+    from gpt2cli.ui.progress import windows_progress
 
-    result = score_text(lm, source.text, stride=stride, bos=bos)
+    with windows_progress(console.stderr_console()) as progress:
+        result = score_text(
+            lm, source.text, stride=stride, bos=bos, tokens=tokens, progress=progress
+        )
     if json_output:
         sys.stdout.write(json_line(score_record(result, lm, tokens), sys.stdout))
         sys.stdout.flush()
@@ -126,8 +131,9 @@ def score(
 
 
 def score_record(result: TextScore, lm: LoadedModel, tokens: bool) -> dict:
+    perplexity = result.perplexity
     record: dict = {
-        "perplexity": result.perplexity,
+        "perplexity": perplexity if math.isfinite(perplexity) else None,  # JSON has no inf
         "nll": result.nll,
         "tokens_scored": result.scored,
         "window": result.window,
@@ -136,7 +142,7 @@ def score_record(result: TextScore, lm: LoadedModel, tokens: bool) -> dict:
         "bos": result.bos,
         "model": lm.name,
     }
-    if tokens:
+    if tokens and result.tokens is not None:
         record["tokens"] = [
             {"text": t.text, "id": t.id, "logprob": t.logprob} for t in result.tokens
         ]

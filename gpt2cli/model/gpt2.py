@@ -112,6 +112,21 @@ class KVCache:
         return cache_k[:, :, : span.end], cache_v[:, :, : span.end]
 
 
+class NoCache:
+    """Stands in for a KVCache in a pass that keeps nothing (scoring whole windows): keys and
+    values are attended to as computed, never stored, so no window-sized cache is allocated."""
+
+    length = 0
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor, span: Span
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return k, v
+
+
 class Attention(nn.Module):
     def __init__(self, config: GPT2Config, layout: str, layer: int) -> None:
         super().__init__()
@@ -208,6 +223,22 @@ class GPT2(nn.Module):
         x = self.token_embedding[idx.view(-1, 1)] + self.wpe[positions].unsqueeze(1)
         x = self._blocks(x, cache, Span.rows(positions, end))
         return self._head(x[:, -1])
+
+    @torch.inference_mode()
+    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx: (batch, T) token ids at positions 0..T-1, each row its own text, with no cache.
+        Returns the final hidden states (batch, T, d), after ln_f: `head` turns the rows that
+        are wanted into logits (scoring needs a few rows of a window, not all of them)."""
+        B, T = idx.shape
+        if T > self.config.n_positions:
+            raise ValueError(f"{T} positions exceed the {self.config.n_positions} window")
+        x = self.token_embedding[idx] + self.wpe[:T]
+        return self._blocks(x, NoCache(B), Span.chunk(0, T, idx.device))  # type: ignore[arg-type]
+
+    @torch.inference_mode()
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Float32 logits (..., vocab) of final hidden states (..., d)."""
+        return self._head(x)
 
     def _blocks(self, x: torch.Tensor, cache: KVCache, span: Span) -> torch.Tensor:
         for block in self.h:

@@ -51,7 +51,8 @@ def _help(session: Session, args: str) -> None:
             lines.append(f"  {cmd.usage:<22}{cmd.help}")
     lines += [
         "",
-        f"Settings: {', '.join(SETTINGS)} (seed none: random; stop none: no stop string).",
+        f"Settings: {', '.join(SETTINGS)} (seed none: random; stop none: no stop string;",
+        "ignore_eos and context_shift: on or off; context_shift keeps going past the window).",
         "Modes: fresh (each entry stands alone), continue (each entry extends the running text).",
         "Ctrl-C stops a generation or clears the line; Ctrl-D, /quit or /exit leaves.",
     ]

@@ -125,7 +125,8 @@ class Session:
 
         tok, window = self.lm.tokenizer, self.lm.context_length
         ids = tok.encode(text)
-        kept, dropped = fit_prompt(ids, window, self.settings.generation.max_tokens)
+        generation = self.settings.generation
+        kept, dropped = fit_prompt(ids, window, generation.max_tokens, generation.context_shift)
         if not dropped:
             return text
         if not self.trimming:

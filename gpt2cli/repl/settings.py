@@ -23,11 +23,13 @@ SETTINGS = (
     "seed",
     "ignore_eos",
     "stop",
+    "context_shift",
 )
 MODES = ("fresh", "continue")
 _FLOATS = ("temperature", "top_p", "repetition_penalty")
 _INTS = ("top_k", "seed", "max_tokens")
 _ON, _OFF = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
+_SWITCHES = ("ignore_eos", "context_shift")
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ def updated(
         if name == "seed" and value.lower() in ("none", "random"):
             return settings.with_value(name, None)
         return settings.with_value(name, _number(value, float if name in _FLOATS else int))
-    if name == "ignore_eos":
+    if name in _SWITCHES:
         if value.lower() not in _ON + _OFF:
             raise ParamError(name, f"must be on or off, got {value!r}")
         return settings.with_value(name, value.lower() in _ON)
@@ -94,7 +96,7 @@ def setting_text(settings: Settings, name: str) -> str:
     value = settings.value(name)
     if name == "seed" and value is None:
         return "random"
-    if name == "ignore_eos":
+    if name in _SWITCHES:
         return "on" if value else "off"
     if name == "stop":
         return " ".join(repr(s) for s in value) or "none"  # type: ignore[union-attr]

@@ -21,11 +21,20 @@ from gpt2cli.runtime.scheduler import Request, Scheduler
 from gpt2cli.types import Completion, Event, Finish, GenerationConfig, SamplingParams
 
 
-def fit_prompt(ids: list[int], window: int, max_tokens: int) -> tuple[list[int], int]:
+def fit_prompt(
+    ids: list[int], window: int, max_tokens: int, context_shift: bool = False
+) -> tuple[list[int], int]:
     """Keep the last tokens of a prompt, leaving room in the window to generate `max_tokens`
     (at most half the window). The last token sampled needs no slot of its own, so a prompt
-    of `window - max_tokens + 1` tokens still fits. Returns (kept ids, number dropped)."""
-    keep = window - min(max_tokens, window // 2) + 1
+    of `window - max_tokens + 1` tokens still fits. Returns (kept ids, number dropped).
+
+    With `context_shift`, when `max_tokens` is more than half the window the context will
+    shift anyway, whatever is cut: then the prompt keeps up to a whole window, so the tokens
+    before the first shift see all of it, and a prompt that fits the window is never cut.
+    (Up to half a window, cutting is still better: every token then has at least
+    `window - max_tokens` tokens of context, more than the half window a shift keeps.)"""
+    room = min(max_tokens, window // 2)
+    keep = window if context_shift and max_tokens > room else window - room + 1
     if len(ids) <= keep:
         return ids, 0
     return ids[-keep:], len(ids) - keep
@@ -45,7 +54,7 @@ def make_request(
     if params.seed is None:
         params = dataclasses.replace(params, seed=random.SystemRandom().randrange(2**31))
     ids = lm.tokenizer.encode(prompt) or [lm.bos_id]
-    ids, dropped = fit_prompt(ids, lm.context_length, config.max_tokens)
+    ids, dropped = fit_prompt(ids, lm.context_length, config.max_tokens, config.context_shift)
     return Request(ids, params, config, key=key, dropped=dropped)
 
 

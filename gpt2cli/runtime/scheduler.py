@@ -242,7 +242,7 @@ class Scheduler:
             seq.logprobs.append(logprob)
         text, stopped = seq.text.add(seq.text.decoder.push(token))
         top = seq.top if config.top_logprobs else None
-        out.append((request.key, Delta(seq.sample, text, token, logprob, top)))
+        out.append((request.key, Delta(seq.sample, text, token, logprob, top, seq.shifts)))
         if stopped:
             self._finish(seq, "stop", out, flush=False)
             return False

@@ -1,15 +1,17 @@
 """How likely the model finds a text, token by token; and what it could have picked instead.
 
-`score_text` gives every token's log-probability given the text before it, and the perplexity
-exp(mean negative log-likelihood). The first token has nothing before it to predict it from, so
-by default the text is scored after `<|endoftext|>` (GPT-2's document separator, used as a BOS
-token as GPT-2 evaluations usually do) and every token of the text is scored; with `bos=False`
-the first token is left unscored (its logprob is None), as in the Hugging Face perplexity guide.
+`score_text` gives the perplexity of a text, exp(mean negative log-likelihood), and on request
+every token's log-probability given the text before it. The first token has nothing before it to
+predict it from, so by default the text is scored after the BOS token (`<|endoftext|>` for
+GPT-2, its document separator, as GPT-2 evaluations usually do) and every token of the text is
+scored; with `bos=False` the first token is left unscored (its logprob is None), as in the
+Hugging Face perplexity guide.
 
 A text longer than the window is scored with a sliding window, as in that guide: windows of
 `window` tokens start every `stride` tokens; each token is scored once, in the first window that
 scores it, with the tokens before it in that window as context (at least window - stride, at most
-window - 1 tokens).
+window - 1 tokens). `runtime/sliding.py` does the passes, in memory that does not grow with the
+text: only its token ids and the running sums are kept, unless every token's score is asked for.
 
 `candidate_steps` recomputes, for tokens already sampled, the model's most likely next tokens
 and the distribution sampling actually drew from (after repetition penalty, temperature, top-k
@@ -19,7 +21,7 @@ and top-p), so a table can show where the cut fell.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +29,10 @@ import torch
 from gpt2cli.errors import ParamError, UsageError
 from gpt2cli.runtime.loader import LoadedModel
 from gpt2cli.runtime.sampling import apply_repetition_penalty, candidate_distribution
+from gpt2cli.runtime.sliding import slide, window_count
 from gpt2cli.types import SamplingParams
+
+Progress = Callable[[int, int], None]  # (windows done, windows in all)
 
 
 @dataclass(frozen=True)
@@ -39,74 +44,120 @@ class TokenScore:
 
 @dataclass(frozen=True)
 class TextScore:
-    tokens: list[TokenScore]  # the text's tokens (not the BOS)
+    nll_sum: float  # negative log-likelihood of the scored tokens, in nats
+    scored: int  # tokens scored
     window: int
     stride: int
-    windows: int  # forward passes made
+    windows: int  # windows scored
     bos: bool
-
-    @property
-    def scored(self) -> int:
-        return sum(t.logprob is not None for t in self.tokens)
+    tokens: list[TokenScore] | None = None  # the text's tokens (not the BOS), when asked for
 
     @property
     def nll(self) -> float:
         """Mean negative log-likelihood per scored token, in nats."""
-        return -math.fsum(t.logprob for t in self.tokens if t.logprob is not None) / self.scored
+        return self.nll_sum / self.scored
 
     @property
     def perplexity(self) -> float:
-        return math.exp(self.nll)
+        """exp(nll); inf beyond the float range (a mean NLL above ~709.78 nats)."""
+        try:
+            return math.exp(self.nll)
+        except OverflowError:
+            return math.inf
 
 
 def default_stride(window: int) -> int:
     return max(window // 2, 1)
 
 
-def score_ids(
-    lm: LoadedModel, ids: Sequence[int], *, stride: int | None = None
-) -> tuple[list[float | None], int]:
-    """Log-probability of each of `ids` given those before it (None for the first), and the
-    number of windows used. Raises ParamError for a stride outside [1, window - 1]."""
-    window = lm.context_length
+def check_stride(stride: int | None, window: int) -> int:
+    """The stride to use (default: half the window); ParamError outside [1, window]."""
     stride = default_stride(window) if stride is None else stride
-    if not 1 <= stride < window:
-        raise ParamError("stride", f"must be in [1, {window - 1}] for this model, got {stride}")
-    out: list[float | None] = [None] * len(ids)
-    if len(ids) < 2:
-        return out, 0
-    all_ids = torch.tensor(ids, device=lm.device)
-    done, windows = 1, 0  # positions < done are scored (position 0 never is)
-    for begin in range(0, len(ids), stride):
-        end = min(begin + window, len(ids))
-        logits = lm.model(all_ids[None, begin:end], lm.model.new_cache(1), all_logits=True)[0]
-        # logits[j] predicts ids[begin + j + 1]: score positions done..end-1
-        rows = logits[done - begin - 1 : end - begin - 1]
-        logp = torch.log_softmax(rows.float(), dim=-1)
-        picked = logp.gather(-1, all_ids[done:end, None]).squeeze(-1)
-        out[done:end] = picked.tolist()
-        done, windows = end, windows + 1
-        if end == len(ids):
-            break
-    return out, windows
+    if not 1 <= stride <= window:
+        raise ParamError("stride", f"must be in [1, {window}] for this model, got {stride}")
+    return stride
+
+
+def score_ids(
+    lm: LoadedModel, ids: Sequence[int] | torch.Tensor, *, stride: int | None = None
+) -> tuple[list[float | None], int]:
+    """Log-probability of each of `ids` given those before it in its window (None where not
+    scored: the first, and with stride == window the first of each window), and the number of
+    windows used. Raises ParamError for a stride outside [1, window]."""
+    logprobs, _, _, windows = _score(lm, ids, stride, keep=True)
+    assert logprobs is not None
+    return logprobs, windows
+
+
+def score_token_ids(
+    lm: LoadedModel,
+    ids: Sequence[int] | torch.Tensor,
+    *,
+    stride: int | None = None,
+    progress: Progress | None = None,
+) -> TextScore:
+    """The sliding-window score of token ids as they are (no BOS added; the first is not
+    scored), keeping nothing per token. Raises ParamError for a bad stride."""
+    stride = check_stride(stride, lm.context_length)
+    _, nll_sum, scored, windows = _score(lm, ids, stride, False, progress)
+    return TextScore(nll_sum, scored, lm.context_length, stride, windows, bos=False)
+
+
+def _score(
+    lm: LoadedModel,
+    ids: Sequence[int] | torch.Tensor,
+    stride: int | None,
+    keep: bool,
+    progress: Progress | None = None,
+) -> tuple[list[float | None] | None, float, int, int]:
+    """(every logprob or None when not `keep`, NLL sum, tokens scored, windows)."""
+    window = lm.context_length
+    stride = check_stride(stride, window)
+    ids = torch.as_tensor(ids, device=lm.device)
+    n = len(ids)
+    every = torch.full((n,), math.nan, dtype=torch.float64) if keep else None
+    sums: list[float] = []
+    scored = 0
+    for part in slide(lm.model, ids, window, stride, progress=progress):
+        sums.append(-part.logprobs.double().sum().item())
+        scored += len(part.logprobs)
+        if every is not None:
+            every[part.positions.cpu()] = part.logprobs.double().cpu()
+    logprobs = None
+    if every is not None:
+        logprobs = [None if math.isnan(x) else x for x in every.tolist()]
+    windows = window_count(n, window, stride) if n >= 2 else 0
+    return logprobs, math.fsum(sums), scored, windows
 
 
 def score_text(
-    lm: LoadedModel, text: str, *, stride: int | None = None, bos: bool = True
+    lm: LoadedModel,
+    text: str,
+    *,
+    stride: int | None = None,
+    bos: bool = True,
+    tokens: bool = True,
+    progress: Progress | None = None,
 ) -> TextScore:
-    """Score `text` (see the module docstring). Raises UsageError when there is nothing to
-    score, ParamError for a bad stride."""
+    """Score `text` (see the module docstring); with `tokens`, keep every token's score.
+    `progress(windows_done, windows_total)` is called as windows are scored. Raises UsageError
+    when there is nothing to score, ParamError for a bad stride."""
     tok = lm.tokenizer
-    ids = tok.encode(text)
-    if not ids or (len(ids) < 2 and not bos):
-        raise UsageError("nothing to score: the text has no token the model could predict")
     window = lm.context_length
-    logprobs, windows = score_ids(lm, [tok.eot_id, *ids] if bos else ids, stride=stride)
-    if bos:
-        logprobs = logprobs[1:]
-    tokens = [TokenScore(i, tok.token_text(i), lp) for i, lp in zip(ids, logprobs)]
-    stride = default_stride(window) if stride is None else stride
-    return TextScore(tokens, window, stride, windows, bos)
+    stride = check_stride(stride, window)
+    encoded = tok.encode_long(text)
+    if not encoded or (len(encoded) < 2 and not bos):
+        raise UsageError("nothing to score: the text has no token the model could predict")
+    text_ids = torch.frombuffer(encoded, dtype=torch.int32)
+    ids = torch.cat([torch.tensor([lm.bos_id], dtype=torch.int32), text_ids]) if bos else text_ids
+    logprobs, nll_sum, scored, windows = _score(lm, ids, stride, tokens, progress)
+    scores = None
+    if logprobs is not None:
+        logprobs = logprobs[1:] if bos else logprobs
+        scores = [
+            TokenScore(i, tok.token_text(i), lp) for i, lp in zip(text_ids.tolist(), logprobs)
+        ]
+    return TextScore(nll_sum, scored, window, stride, windows, bos, scores)
 
 
 @dataclass(frozen=True)
@@ -133,29 +184,42 @@ def candidate_steps(
     sampled: Sequence[int | None],
     params: SamplingParams,
     top_n: int,
+    *,
+    context_shift: bool = False,
 ) -> list[CandidateStep]:
     """For each token of `sampled` (generated after `context`, in order), the `top_n` most
     likely candidates at that step. A final None in `sampled` stands for the next token, not
     sampled yet. An empty context is `<|endoftext|>`, as for generation; a context too long for
-    the window keeps its last tokens."""
+    the window keeps its last tokens. With `context_shift` the steps may run past the window:
+    each is computed on the context the scheduler's shift policy gave it."""
     if not sampled:
         return []
-    if len(sampled) > lm.context_length:
+    window = lm.context_length
+    if len(sampled) > window and not context_shift:
         raise ValueError("more sampled tokens than fit in the window")
-    context = list(context) or [lm.tokenizer.eot_id]
-    context = context[max(0, len(context) + len(sampled) - 1 - lm.context_length) :]
-    fed = [*context, *sampled[:-1]]
-    ids = torch.tensor([fed], device=lm.device)
-    logits = lm.model(ids, lm.model.new_cache(1), all_logits=True)[0, len(context) - 1 :]
+    context = list(context) or [lm.bos_id]
+    keep = window if context_shift else window + 1 - len(sampled)
+    context = context[max(0, len(context) - keep) :]
     seen = None
     if params.repetition_penalty != 1.0:
-        seen = torch.zeros(1, logits.shape[-1], dtype=torch.bool, device=lm.device)
-        seen[0, ids[0, : len(context)]] = True
-    steps = []
-    for i, chosen in enumerate(sampled):
-        if seen is not None and i:
-            seen[0, sampled[i - 1]] = True
-        steps.append(_step(lm, i, logits[i : i + 1].float(), chosen, params, top_n, seen))
+        seen = torch.zeros(1, lm.config.vocab_size, dtype=torch.bool, device=lm.device)
+        seen[0, torch.tensor(context, device=lm.device)] = True
+    steps: list[CandidateStep] = []
+    while len(steps) < len(sampled):
+        # Steps that share this context: up to the one whose token fills the window.
+        first = len(steps)
+        part = sampled[first : first + window - len(context) + 1]
+        ids = torch.tensor([[*context, *part[:-1]]], device=lm.device)
+        logits = lm.model(ids, lm.model.new_cache(1), all_logits=True)[0, len(context) - 1 :]
+        for j, chosen in enumerate(part):
+            if seen is not None and first + j:
+                seen[0, sampled[first + j - 1]] = True
+            steps.append(
+                _step(lm, first + j, logits[j : j + 1].float(), chosen, params, top_n, seen)
+            )
+        context = [*context, *part]  # type: ignore[list-item]
+        if len(context) > window:  # the last token did not fit: the scheduler's shift
+            context = context[-(window // 2) :]
     return steps
 
 

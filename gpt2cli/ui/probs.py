@@ -264,9 +264,11 @@ def print_candidates(console: Console, steps: Sequence[CandidateStep], plain: bo
 
 
 def score_summary(score: TextScore) -> str:
+    perplexity = score.perplexity  # inf beyond the float range: printed as inf
+    shown = f"{perplexity:.4f}" if perplexity < 1e6 else f"{perplexity:.4e}"
+    tokens = "token" if score.scored == 1 else "tokens"
     line = (
-        f"perplexity {score.perplexity:.4f} · mean NLL {score.nll:.4f} nats/token · "
-        f"{score.scored} tokens scored"
+        f"perplexity {shown} · mean NLL {score.nll:.4f} nats/token · {score.scored} {tokens} scored"
     )
     if score.windows > 1:
         line += f" · {score.windows} windows of {score.window}, stride {score.stride}"
@@ -274,7 +276,9 @@ def score_summary(score: TextScore) -> str:
 
 
 def print_score_tokens(console: Console, score: TextScore, plain: bool) -> None:
-    """A row per token: position, token, id, logprob and probability, coloured on a terminal."""
+    """A row per token: position, token, id, logprob and probability, coloured on a terminal.
+    (`score` must have been made with every token kept.)"""
+    assert score.tokens is not None
     rows = []
     for i, t in enumerate(score.tokens):
         lp = t.logprob

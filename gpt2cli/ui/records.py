@@ -18,7 +18,9 @@ JSON_FIELDS = (
     "model",
     "time_to_first_token_s",
     "tokens_per_s",
+    "context_shifts",
 )
+_RENAMED = {"context_shifts": "shifts"}  # JSON name -> Completion attribute
 
 
 def stats_line(c: Completion, label: str = "") -> str:
@@ -26,12 +28,14 @@ def stats_line(c: Completion, label: str = "") -> str:
         f"{c.completion_tokens} tokens · {c.tokens_per_s:.1f} tok/s · "
         f"first token {c.time_to_first_token_s:.2f} s · seed {c.seed} · finish: {c.finish_reason}"
     )
+    if c.shifts:  # the window was full and its last half kept (--context-shift)
+        line += f" · {c.shifts} context shift{'' if c.shifts == 1 else 's'}"
     return f"{label}{line}"
 
 
 def completion_json(c: Completion, tokens: list[dict] | None = None) -> dict:
     """The `--json` record of a sample."""
-    record = {name: getattr(c, name) for name in JSON_FIELDS}
+    record = {name: getattr(c, _RENAMED.get(name, name)) for name in JSON_FIELDS}
     for name in ("time_to_first_token_s", "tokens_per_s"):
         record[name] = round(record[name], 4)
     if tokens is not None:

@@ -209,6 +209,7 @@ class _Run:
         self.texts: dict[int, list[str]] = {}
         self.deltas: dict[int, list[Delta]] = {}  # every delta, per sample (for JSON tokens)
         self.tokens: dict[int, int] = {}
+        self.shifts: dict[int, int] = {}  # context shifts per sample, as far as deltas tell
         self.t_start = time.perf_counter()
         self.t_first: float | None = None
         self.announced = False  # the first step was reported (--verbose)
@@ -222,6 +223,7 @@ class _Run:
         self.deltas.setdefault(delta.sample, []).append(delta)
         if delta.token_id is not None:
             self.tokens[delta.sample] = self.tokens.get(delta.sample, 0) + 1
+            self.shifts[delta.sample] = delta.shifts
             if self.t_first is None:
                 self.t_first = time.perf_counter()
         if delta.sample != self.current:
@@ -252,6 +254,7 @@ class _Run:
             model=self.model,
             time_to_first_token_s=first - self.t_start,
             tokens_per_s=decode_rate(n, self.t_first, now),
+            shifts=self.shifts.get(sample, 0),
         )
 
 
