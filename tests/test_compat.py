@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from checkpoints import (
+
+from gpt2cli import SamplingParams, complete, load_model
+from tests.support.checkpoints import (
     add_tokenizer_tokens,
     build_checkpoint,
     derive_checkpoint,
     edit_weights,
     reference_model,
 )
-from cli_helpers import gpt2
-
-from gpt2cli import SamplingParams, complete, load_model
+from tests.support.cli import gpt2
 
 PROMPT = "Once upon a time"
 N = 30  # tokens generated

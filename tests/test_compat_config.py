@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from checkpoints import build_checkpoint, derive_checkpoint, reference_model
-from cli_helpers import gpt2
-from test_compat import EOT_999, GREEDY, PROMPT, cli_json, hf_logits, logits_of, ours
 
 from gpt2cli import SamplingParams, complete
+from tests.support.checkpoints import build_checkpoint, derive_checkpoint, reference_model
+from tests.support.cli import gpt2
+from tests.test_compat import EOT_999, GREEDY, PROMPT, cli_json, hf_logits, logits_of, ours
 
 IDS = list(range(3, 43))  # 40 token ids, for the logits comparisons
 
