@@ -1,8 +1,9 @@
 """A checkpoint folder (config.json + safetensors) -> a ready GPT2 module.
 
 Accepts the Hub's unprefixed keys (with `h.N.attn.bias`/`masked_bias` mask buffers, no lm_head)
-and the `transformer.`-prefixed keys recent transformers writes (with or without lm_head.weight),
-single-file or sharded. Never unpickles `.bin` files. Tensors are read one at a time with
+and the `transformer.`-prefixed keys recent transformers writes (with or without lm_head.weight,
+which is the output head only when config.json sets `tie_word_embeddings: false`), single-file or
+sharded. Never unpickles `.bin` files. Tensors are read one at a time with
 plain reads (see tensorfile.py) straight into the model, so two full copies never coexist.
 """
 
@@ -31,6 +32,8 @@ def _expected_shapes(cfg: GPT2Config) -> dict[str, tuple[int, ...]]:
         "ln_f.weight": (d,),
         "ln_f.bias": (d,),
     }
+    if not cfg.tie_word_embeddings:
+        shapes["lm_head.weight"] = (cfg.vocab_size, d)
     for i in range(cfg.n_layer):
         p = f"h.{i}."
         shapes |= {
@@ -50,7 +53,17 @@ def _expected_shapes(cfg: GPT2Config) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _index(files: list[Path]) -> dict[str, tuple[TensorFile, TensorInfo]]:
+def _skipped(name: str, cfg: GPT2Config) -> bool:
+    """Tensors in the file that the forward pass never uses: the head tied to wte (derived),
+    the causal-mask buffers, and cross-attention weights (run only on an encoder's states)."""
+    if name == "lm_head.weight":
+        return cfg.tie_word_embeddings
+    if cfg.add_cross_attention and (".crossattention." in name or ".ln_cross_attn." in name):
+        return True
+    return name.endswith(_IGNORED_SUFFIXES)
+
+
+def _index(files: list[Path], cfg: GPT2Config) -> dict[str, tuple[TensorFile, TensorInfo]]:
     """Normalised name -> where to read it, for every tensor worth loading."""
     found: dict[str, tuple[TensorFile, TensorInfo]] = {}
     for file in files:
@@ -63,9 +76,8 @@ def _index(files: list[Path]) -> dict[str, tuple[TensorFile, TensorInfo]]:
             ) from None
         for info in tf:
             name = info.name.removeprefix("transformer.")
-            if name == "lm_head.weight" or name.endswith(_IGNORED_SUFFIXES):
-                continue  # tied head / causal-mask buffers: derived, not loaded
-            found[name] = (tf, info)
+            if not _skipped(name, cfg):
+                found[name] = (tf, info)
     return found
 
 
@@ -83,7 +95,7 @@ def load_checkpoint(
         raise CheckpointError(f"{folder} is not a folder")
     device = torch.device(device)
     cfg = read_config(folder)
-    tensors = _index(weight_files(folder))
+    tensors = _index(weight_files(folder), cfg)
     expected = _expected_shapes(cfg)
     for name, (_, info) in tensors.items():
         shape = expected.get(name)
@@ -94,6 +106,11 @@ def load_checkpoint(
                 f"tensor {name!r} has shape {info.shape}, but config.json implies {shape}"
             )
     missing = sorted(set(expected) - set(tensors))
+    if "lm_head.weight" in missing:  # transformers would start it from random numbers
+        raise CheckpointError(
+            "config.json sets tie_word_embeddings: false, but the checkpoint has no "
+            "lm_head.weight (the output head)"
+        )
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise CheckpointError(f"checkpoint lacks tensor {missing[0]!r}{more}")
@@ -110,10 +127,11 @@ def load_checkpoint(
         scratch_t = torch.empty(max(math.prod(i.shape) for i in linear), dtype=dtype)
     try:
         for name, (tf, info) in tensors.items():
-            if name == "wte.weight" and layout.head_in_out:
+            head = name.removesuffix(".weight") + "_t"
+            if head == model.head_name:  # the output head, stored (d, vocab)
                 out = torch.empty(info.shape[::-1], dtype=dtype)
                 tf.read_rows_transposed(info.name, out)
-                _assign(model, "wte_t", out.to(device))
+                _assign(model, head, out.to(device))
                 continue
             if name.startswith("h.") and len(info.shape) == 2:  # a Conv1D (in, out) weight
                 module = model.get_submodule(name.removesuffix(".weight"))
@@ -124,7 +142,7 @@ def load_checkpoint(
                     module.set_weight(tf.read(info.name).to(dtype=dtype, device=device))
                 continue
             tensor = tf.read(info.name).to(dtype=dtype, device=device)
-            if name in ("wte.weight", "wpe.weight"):
+            if name in ("wte.weight", "wpe.weight", "lm_head.weight"):
                 _assign(model, name.removesuffix(".weight"), tensor)
             else:
                 _assign(model, name, tensor)
