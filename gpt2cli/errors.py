@@ -55,6 +55,11 @@ class DownloadError(Gpt2Error):
     """A download that failed (network, integrity check)."""
 
 
+class CheckpointWarning(UserWarning):
+    """Something in a checkpoint's files that gpt2cli cannot use and leaves out (the CLI shows
+    it as a `gpt2: warning:` line)."""
+
+
 class Interrupted(Exception):
     """Ctrl-C inside a command, after what it printed was ended cleanly (exit 130)."""
 

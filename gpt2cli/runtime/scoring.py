@@ -2,9 +2,10 @@
 
 `score_text` gives every token's log-probability given the text before it, and the perplexity
 exp(mean negative log-likelihood). The first token has nothing before it to predict it from, so
-by default the text is scored after `<|endoftext|>` (GPT-2's document separator, used as a BOS
-token as GPT-2 evaluations usually do) and every token of the text is scored; with `bos=False`
-the first token is left unscored (its logprob is None), as in the Hugging Face perplexity guide.
+by default the text is scored after the model's BOS token (its bos_token_id: `<|endoftext|>`,
+GPT-2's document separator, used as a BOS token as GPT-2 evaluations usually do) and every token
+of the text is scored; with `bos=False` (or a model without a BOS token) the first token is left
+unscored (its logprob is None), as in the Hugging Face perplexity guide.
 
 A text longer than the window is scored with a sliding window, as in that guide: windows of
 `window` tokens start every `stride` tokens; each token is scored once, in the first window that
@@ -98,10 +99,11 @@ def score_text(
     score, ParamError for a bad stride."""
     tok = lm.tokenizer
     ids = tok.encode(text)
+    bos = bos and lm.bos_id is not None  # a model with no BOS token: as bos=False
     if not ids or (len(ids) < 2 and not bos):
         raise UsageError("nothing to score: the text has no token the model could predict")
     window = lm.context_length
-    logprobs, windows = score_ids(lm, [tok.eot_id, *ids] if bos else ids, stride=stride)
+    logprobs, windows = score_ids(lm, [lm.bos_id, *ids] if bos else ids, stride=stride)
     if bos:
         logprobs = logprobs[1:]
     tokens = [TokenScore(i, tok.token_text(i), lp) for i, lp in zip(ids, logprobs)]
@@ -136,13 +138,15 @@ def candidate_steps(
 ) -> list[CandidateStep]:
     """For each token of `sampled` (generated after `context`, in order), the `top_n` most
     likely candidates at that step. A final None in `sampled` stands for the next token, not
-    sampled yet. An empty context is `<|endoftext|>`, as for generation; a context too long for
-    the window keeps its last tokens."""
+    sampled yet. An empty context is the model's BOS token, as for generation; a context too
+    long for the window keeps its last tokens."""
     if not sampled:
         return []
     if len(sampled) > lm.context_length:
         raise ValueError("more sampled tokens than fit in the window")
-    context = list(context) or [lm.tokenizer.eot_id]
+    context = list(context) or ([] if lm.bos_id is None else [lm.bos_id])
+    if not context:
+        raise ValueError("an empty context needs the model's BOS token, and it has none")
     context = context[max(0, len(context) + len(sampled) - 1 - lm.context_length) :]
     fed = [*context, *sampled[:-1]]
     ids = torch.tensor([fed], device=lm.device)
