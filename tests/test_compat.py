@@ -408,3 +408,30 @@ def test_id_unknown_to_tokenizer_in_the_cli(padded_vocab: Path) -> None:
     assert record["finish_reason"] == reason
     assert [t["id"] for t in record["tokens"]] == expected
     assert record["text"] == hf_tokenizer(padded_vocab).decode(expected)
+
+
+# -- the Hub: a fine-tune's tokenizer files come along --------------------------------------
+
+
+def test_hub_fetches_the_tokenizer_files_of_a_fine_tune(fake_hub, added_tokens_json: Path) -> None:
+    """added_tokens.json (and tokenizer_config.json, special_tokens_map.json) are fetched with
+    the checkpoint, so a Hub fine-tune tokenizes as its local folder does; a cache without
+    them (from an older gpt2cli) still runs offline."""
+    from tests.support.fakehub import repo_cache, run_gpt2
+
+    config = {"add_prefix_space": False}
+    fake_hub.add_repo("tester/chat", added_tokens_json, files={
+        "tokenizer_config.json": json.dumps(config).encode(),
+    })  # fmt: skip
+    args = ("generate", "-m", "tester/chat", "--device", "cpu", "-t", "0", "-n", "3", "--json")
+    proc = run_gpt2(*args, "<|user|>")
+    assert proc.returncode == 0, proc.stderr
+    (snapshot,) = (repo_cache("tester/chat") / "snapshots").iterdir()
+    assert {"added_tokens.json", "tokenizer_config.json"} <= {p.name for p in snapshot.iterdir()}
+    assert (
+        json.loads(proc.stdout)["text"]
+        == complete(ours(added_tokens_json), "<|user|>", GREEDY, max_tokens=3)[0].text
+    )
+    (snapshot / "tokenizer_config.json").unlink()  # as cached before these files were fetched
+    offline = run_gpt2(*args, "--offline", "<|user|>")
+    assert offline.returncode == 0, offline.stderr
