@@ -35,9 +35,9 @@ def resolve_sampling(
         shown = (f"{name} {values[name]} ({_source(name, sources[name])})" for name in DEFAULTABLE)
         renderer.info("sampling: " + ", ".join(shown))
         if defaults.unknown:
-            renderer.info(
-                f"{defaults.source}: not generation settings: {', '.join(defaults.unknown)}"
-            )
+            unknown = ", ".join(defaults.unknown)
+            renderer.info(f"{defaults.source}: keys transformers does not know either: {unknown}")
+        renderer.info(_tokens_line(lm))
     params = SamplingParams(
         temperature=values["temperature"],  # type: ignore[arg-type]
         top_k=values["top_k"],  # type: ignore[arg-type]
@@ -46,3 +46,21 @@ def resolve_sampling(
         seed=seed,
     )
     return params, values["max_tokens"]  # type: ignore[return-value]
+
+
+def _tokens_line(lm: LoadedModel) -> str:
+    """Where samples start and end, and which file said so (for --verbose)."""
+
+    def named(ids: list[int]) -> str:
+        return ", ".join(f"{i} {lm.tokenizer.token_text(i)!r}" for i in ids) or "none"
+
+    g = lm.generation
+
+    def source(declared: bool) -> str:
+        return g.source if declared else "none declared: <|endoftext|>"
+
+    bos = [] if lm.bos_id is None else [lm.bos_id]
+    return (
+        f"end tokens: {named(sorted(lm.eos_ids))} ({source(g.eos_token_ids is not None)}); "
+        f"start token: {named(bos)} ({source(g.bos_token_id is not None)})"
+    )
