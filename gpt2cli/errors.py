@@ -60,6 +60,11 @@ class NonFiniteOutputError(Gpt2Error):
     range): nothing sensible can be sampled from them."""
 
 
+class CheckpointWarning(UserWarning):
+    """Something in a checkpoint's files that gpt2cli cannot use and leaves out (the CLI shows
+    it as a `gpt2: warning:` line)."""
+
+
 class Interrupted(Exception):
     """Ctrl-C inside a command, after what it printed was ended cleanly (exit 130)."""
 

@@ -1,8 +1,10 @@
 """Torch-free data shared by every layer: what to load (`LoadOptions`), how to sample
-(`SamplingParams`), what to generate (`GenerationConfig`), and what generation reports (the
-events `Start`, `Delta`, `Finish`, and `Completion`). Each default and each range check is
-defined here once; the CLI flags, the REPL's /set, the Python API and the batch and HTTP inputs
-all validate through these classes.
+(`SamplingParams`), what to generate (`GenerationConfig`), what a checkpoint says about
+generation (`GenerationDefaults`) and what generation reports (the events `Start`, `Delta`,
+`Finish`, and `Completion`). Each default and each range check is defined here once; the CLI
+flags, the REPL's /set, the Python API and the batch and HTTP inputs all validate through these
+classes, and `resolve_defaults` is where a flag meets the checkpoint's default and the built-in
+one.
 """
 
 from __future__ import annotations
@@ -123,6 +125,72 @@ class GenerationConfig:
         return self.logprobs or self.top_logprobs > 0
 
 
+# -- the checkpoint's own defaults, under the user's flags --------------------------------------
+
+# The values a checkpoint's generation_config.json may set and a flag overrides (field names of
+# SamplingParams and GenerationConfig).
+DEFAULTABLE = ("temperature", "top_k", "top_p", "repetition_penalty", "max_tokens")
+FLAG = "flag"  # the source of a value the user gave
+BUILT_IN = "default"  # the source of a built-in default
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """What a checkpoint says about generation: its generation_config.json or, without one, its
+    config.json, read as transformers reads them (model/generation_config.py).
+
+    bos_token_id: where an empty prompt and scoring start (None: not declared). eos_token_ids:
+    the ids that end a sample (None: not declared; () declares none). values: defaults for
+    DEFAULTABLE names, checked. greedy: `do_sample: false`. ignored: keys set that change what
+    transformers generates and that gpt2cli does not apply. unknown: keys neither knows."""
+
+    source: str = "generation_config.json"
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] | None = None
+    values: dict[str, object] = field(default_factory=dict)
+    greedy: bool = False
+    ignored: tuple[str, ...] = ()
+    unknown: tuple[str, ...] = ()
+
+
+def check_given(given: dict[str, object | None]) -> None:
+    """Raise ParamError for a value the user gave (not None) that is out of range: flags are
+    checked before any model is loaded, their defaults resolved after (`resolve_defaults`)."""
+    for name, value in given.items():
+        if value is not None:
+            validate_param(name, value)
+
+
+def builtin_default(name: str) -> object:
+    """gpt2cli's own default for a DEFAULTABLE name (the dataclass field's default)."""
+    owner = SamplingParams if name in SamplingParams.__dataclass_fields__ else GenerationConfig
+    return owner.__dataclass_fields__[name].default
+
+
+def resolve_defaults(
+    given: dict[str, object | None], checkpoint: GenerationDefaults | None = None
+) -> tuple[dict[str, object], dict[str, str]]:
+    """The value of each DEFAULTABLE name, and where it came from: the user's value (`given`,
+    None when not given: source FLAG), else the checkpoint's (source: its file name), else the
+    built-in default (BUILT_IN). The checkpoint's `do_sample: false` means greedy (temperature 0)
+    unless the user gave a temperature, top-k or top-p. The one place flags meet defaults."""
+    checkpoint = checkpoint or GenerationDefaults()
+    values: dict[str, object] = {}
+    sources: dict[str, str] = {}
+    for name in DEFAULTABLE:
+        if given.get(name) is not None:
+            values[name], sources[name] = given[name], FLAG
+        elif name in checkpoint.values:
+            values[name], sources[name] = checkpoint.values[name], checkpoint.source
+        else:
+            values[name], sources[name] = builtin_default(name), BUILT_IN
+    sampling_flags = any(sources[n] == FLAG for n in ("temperature", "top_k", "top_p"))
+    if checkpoint.greedy and not sampling_flags:
+        values["temperature"] = 0.0
+        sources["temperature"] = f"{checkpoint.source} do_sample: false"
+    return values, sources
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     """Which model to load and what it runs on; checked before torch is imported.
@@ -197,6 +265,7 @@ class Completion:
     logprobs: list[float] | None = None
     prompt_ids: list[int] = field(default_factory=list)  # as fed to the model
     shifts: int = 0  # context shifts (the window was full and its last half kept)
+    end_token: int | None = None  # the end token sampled (finish_reason "eos"), not in the text
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,10 @@
 A fresh virtual environment gets `pip install torch==2.13.0`, then `pip install .` (not editable,
 no extras unless --extra names one), and that environment's `gpt2` runs on a tiny checkpoint
 built by the tests' own builder: generate (argument, piped stdin, --json, --context-shift),
-score (short and long texts), repl on piped stdin, download from a fake Hub on 127.0.0.1, then
-generate offline. Any runtime dependency that is imported but not declared fails here, which the
-test suite (installed with the test extras, which pull numpy and more) cannot see.
+score (short and long texts), repl on piped stdin, a fine-tune's own files, download from a fake
+Hub on 127.0.0.1, then generate offline. Any runtime dependency that is imported but not declared
+fails here, which the test suite (installed with the test extras, which pull numpy and more)
+cannot see.
 
 The checkpoint builder and the fake Hub run in *this* interpreter (which has the test extras);
 only the `gpt2` under test runs from the fresh environment.
@@ -127,6 +128,18 @@ def check(venv: Path, home: Path) -> None:
     assert record["finish_reason"] == "length" and record["context_shifts"] >= 2, record
     out = gpt2(venv, env, "repl", "-m", m, "-n", "5", stdin="Hello\n/set temperature 0\nWorld\n")
     assert len(out.stdout.strip().splitlines()) >= 1, "repl printed nothing"
+
+    step("a fine-tune: untied head, added_tokens.json, generation_config.json defaults")
+    ft = build_checkpoint(
+        home / "finetune", layout="transformers", untied_head=True, tokenizer="vocab_merges",
+        vocab_size=1002, tokenizer_vocab_size=1000,
+        generation_config={"eos_token_id": [999, 1001], "do_sample": False, "max_new_tokens": 6},
+    )  # fmt: skip
+    (ft / "added_tokens.json").write_text(json.dumps({"<|user|>": 1000, "<|end|>": 1001}))
+    runs = [gpt2(venv, env, "generate", "-m", str(ft), "--json", "<|user|>Hi") for _ in range(2)]
+    first, second = (json.loads(out.stdout) for out in runs)
+    assert first["text"] == second["text"], "do_sample: false is not greedy"  # no seed given
+    assert first["completion_tokens"] <= 6 and first["prompt_tokens"] <= 3, first
 
     hub = FakeHub()
     try:

@@ -7,11 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from gpt2cli.errors import CheckpointError
 from gpt2cli.model.checkpoint import load_checkpoint
 from gpt2cli.model.linear import Layout, choose_layout, onednn_available
 from gpt2cli.runtime.generate import complete
 from gpt2cli.runtime.loader import load_model
 from gpt2cli.types import SamplingParams
+from tests.support.checkpoints import build_checkpoint, derive_checkpoint
 
 
 def reference(folder: Path):
@@ -45,6 +47,46 @@ def test_logits_match_transformers(checkpoint: Path, layout: Layout) -> None:
     assert logits.shape == expected.shape
     assert (logits - expected).abs().max().item() <= 1e-4
     assert expected.std() > 0.5  # the checkpoint is not near-uniform: the check has teeth
+
+
+@pytest.fixture(scope="session")
+def untied_checkpoint(tmp_path_factory) -> Path:
+    """tie_word_embeddings: false: the output head is lm_head.weight, not wte."""
+    folder = tmp_path_factory.mktemp("ckpt") / "tiny-untied"
+    return build_checkpoint(folder, layout="transformers", untied_head=True, seed=2)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda x: f"{x.linear}-head_in_out={x.head_in_out}")
+def test_untied_head_matches_transformers_in_every_layout(untied_checkpoint, layout) -> None:
+    ours = load_checkpoint(untied_checkpoint, layout=layout)
+    ids = torch.randint(
+        0, ours.config.vocab_size, (2, 30), generator=torch.Generator().manual_seed(0)
+    )
+    with torch.no_grad():
+        expected = reference(untied_checkpoint)(ids).logits
+    assert (ours(ids, ours.new_cache(2), all_logits=True) - expected).abs().max().item() <= 1e-4
+
+
+def test_untied_head_without_lm_head_is_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    folder = derive_checkpoint(
+        tiny_checkpoint, tmp_path / "c", config={"tie_word_embeddings": False}
+    )
+    with pytest.raises(CheckpointError, match="tie_word_embeddings: false.*lm_head.weight"):
+        load_checkpoint(folder)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reorder_and_upcast_attn_in_half_precision(tiny_checkpoint, tmp_path, dtype) -> None:
+    """reorder_and_upcast_attn: attention in float32 under a half dtype, as transformers' eager
+    path computes it; close to the float32 model (which it leaves unchanged)."""
+    config = {"reorder_and_upcast_attn": True, "scale_attn_by_inverse_layer_idx": True}
+    folder = derive_checkpoint(tiny_checkpoint, tmp_path / "c", config=config)
+    full, half = load_checkpoint(folder), load_checkpoint(folder, dtype=dtype)
+    assert half.h[0].attn.upcast
+    ids = torch.arange(20).view(1, 20)
+    a = full(ids, full.new_cache(1), all_logits=True)
+    b = half(ids, half.new_cache(1), all_logits=True)
+    assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.99
 
 
 def test_greedy_50_tokens_match_transformers_generate(checkpoint: Path) -> None:

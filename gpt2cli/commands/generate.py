@@ -10,9 +10,8 @@ import typer
 from gpt2cli.commands import options
 from gpt2cli.commands.open_model import check_model
 from gpt2cli.commands.options import DEFAULT_GENERATION as GEN
-from gpt2cli.commands.options import DEFAULT_PARAMS as PARAMS
 from gpt2cli.errors import Interrupted
-from gpt2cli.types import GenerationConfig, LoadOptions, SamplingParams
+from gpt2cli.types import GenerationConfig, LoadOptions, SamplingParams, check_given
 
 if TYPE_CHECKING:
     from gpt2cli.runtime.loader import LoadedModel
@@ -23,7 +22,10 @@ HELP = (
     "Continue a prompt with GPT-2, streaming the text as it is decoded.\n\n"
     "The prompt is the PROMPT argument, text piped on stdin ([bold]-[/bold] reads stdin "
     "explicitly), or both: stdin first, then a newline, then the argument. With no prompt at all "
-    "GPT-2 writes an unconditional sample, starting from <|endoftext|>.\n\n"
+    "GPT-2 writes an unconditional sample, starting from the model's BOS token (<|endoftext|> "
+    "for GPT-2).\n\n"
+    "Sampling flags not given take the model's generation_config.json values (a fine-tune's "
+    "own defaults), else the built-in defaults; --verbose says which.\n\n"
     "On a terminal the prompt is shown dim, then the continuation, then a stats line on stderr. "
     "On a pipe only the continuation is written, as plain text; --json writes one JSON object "
     "per sample.\n\n"
@@ -53,11 +55,11 @@ def generate(
         ),
     ] = None,
     model: options.Model = "small",
-    max_tokens: options.MaxTokens = GEN.max_tokens,
-    temperature: options.Temperature = PARAMS.temperature,
-    top_k: options.TopK = PARAMS.top_k,
-    top_p: options.TopP = PARAMS.top_p,
-    repetition_penalty: options.RepetitionPenalty = PARAMS.repetition_penalty,
+    max_tokens: options.MaxTokens = None,
+    temperature: options.Temperature = None,
+    top_k: options.TopK = None,
+    top_p: options.TopP = None,
+    repetition_penalty: options.RepetitionPenalty = None,
     seed: options.Seed = None,
     stop: options.Stop = None,
     ignore_eos: options.IgnoreEos = GEN.ignore_eos,
@@ -99,9 +101,14 @@ def generate(
     debug: options.Debug = False,
 ) -> None:
     # Every flag is checked before torch is imported, so a typo fails in a fraction of a second.
-    params = SamplingParams(temperature, top_k, top_p, repetition_penalty, seed)
+    given = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+    given |= {"repetition_penalty": repetition_penalty, "max_tokens": max_tokens, "seed": seed}
+    check_given(given)
     config = GenerationConfig(
-        max_tokens, samples, options.stop_strings(stop), ignore_eos, context_shift=context_shift
+        samples=samples,
+        stop=options.stop_strings(stop),
+        ignore_eos=ignore_eos,
+        context_shift=context_shift,
     )
     from gpt2cli.ui.probs import candidates_to_show
 
@@ -110,6 +117,7 @@ def generate(
 
     from gpt2cli import console
     from gpt2cli.commands.open_model import open_model
+    from gpt2cli.commands.sampling import resolve_sampling
     from gpt2cli.ui.prompt_input import read_prompt
     from gpt2cli.ui.render import Renderer
 
@@ -123,6 +131,7 @@ def generate(
     lm = open_model(load)
     if verbose:
         renderer.info(lm.describe())
+    params, max_tokens = resolve_sampling(lm, given, seed, renderer)
     from gpt2cli.runtime.generate import generate as run
 
     top_logprobs = 0
@@ -133,7 +142,9 @@ def generate(
         _colour_tokens(renderer, lm)
     # per-token log_softmax only when something will show it
     logprobs = show_probs and (renderer.mode == "json" or renderer.delta_spans is not None)
-    config = dataclasses.replace(config, logprobs=logprobs, top_logprobs=top_logprobs)
+    config = dataclasses.replace(
+        config, max_tokens=max_tokens, logprobs=logprobs, top_logprobs=top_logprobs
+    )
     shown = renderer.render(run(lm, text.text, params, config), prompt=text.text, model=lm.name)
     if candidates and renderer.mode != "json" and not renderer.interrupted:
         _explain(renderer, lm, params, shown, candidates, explain_steps, context_shift)
@@ -169,12 +180,11 @@ def _explain(
     from gpt2cli.ui.probs import print_candidates
 
     plain = renderer.mode == "plain"
-    tok = lm.tokenizer
     for i, completion in enumerate(shown):
         context = completion.prompt_ids  # as the model saw it (after any truncation)
         sampled: list[int | None] = list(completion.token_ids)
-        if completion.finish_reason == "eos":
-            sampled.append(tok.eot_id)  # the step that picked <|endoftext|>
+        if completion.end_token is not None:
+            sampled.append(completion.end_token)  # the step that picked an end token
         if len(shown) > 1:
             label = f"sample {i + 1}/{len(shown)}"
             if plain:

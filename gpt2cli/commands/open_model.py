@@ -1,12 +1,16 @@
 """Opening the model a command asked for, as a user at a terminal sees it: the name checked as
 soon as the flags are read (before torch), the device checked next (before a download that
 would be wasted), the checkpoint resolved with Rich download bars, then the weights loaded under
-a "Loading …" note."""
+a "Loading …" note, and what the checkpoint's files hold that cannot be used said in
+`gpt2: warning:` lines."""
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
+from gpt2cli import console
+from gpt2cli.errors import CheckpointWarning
 from gpt2cli.types import LoadOptions
 
 if TYPE_CHECKING:
@@ -43,7 +47,16 @@ def open_model(options: LoadOptions) -> LoadedModel:
         offline=options.offline,
         progress=RichDownloadProgress,
     )
-    with loading(options.model):
+    with loading(options.model), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CheckpointWarning)
         from gpt2cli.runtime.loader import load_folder
 
-        return load_folder(folder, options)
+        lm = load_folder(folder, options)
+    for warning in caught:  # after the "Loading" note is erased
+        if issubclass(warning.category, CheckpointWarning):
+            console.warn(str(warning.message))
+        else:
+            warnings.showwarning(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+    return lm

@@ -5,7 +5,10 @@ once with a one-line error naming it.
 
 A command declares its parameters with these aliases::
 
-    def generate(model: options.Model = "small", top_k: options.TopK = DEFAULT_PARAMS.top_k, ...)
+    def generate(model: options.Model = "small", top_k: options.TopK = None, ...)
+
+The sampling flags default to None, meaning "not given": commands/sampling.py then takes the
+model's generation_config.json value, else the built-in default (types.py).
 """
 
 from __future__ import annotations
@@ -95,44 +98,60 @@ Threads = Annotated[
         rich_help_panel=MODEL_PANEL,
     ),
 ]
+# The sampling flags default to None ("not given"): the model's generation_config.json value,
+# else the built-in default, applies (commands/sampling.py).
+_MODEL_DEFAULT = "the model's own, else"
 MaxTokens = Annotated[
-    int,
+    int | None,
     typer.Option(
-        "--max-tokens", "-n", help="Most tokens to generate.", rich_help_panel=SAMPLING_PANEL
+        "--max-tokens",
+        "-n",
+        help=f"Most tokens to generate (default: {_MODEL_DEFAULT} "
+        f"{DEFAULT_GENERATION.max_tokens}).",
+        show_default=False,
+        rich_help_panel=SAMPLING_PANEL,
     ),
 ]
 Temperature = Annotated[
-    float,
+    float | None,
     typer.Option(
         "--temperature",
         "-t",
-        help="Sampling temperature; 0 is greedy.",
+        help=f"Sampling temperature; 0 is greedy (default: {_MODEL_DEFAULT} "
+        f"{DEFAULT_PARAMS.temperature}).",
+        show_default=False,
         rich_help_panel=SAMPLING_PANEL,
     ),
 ]
 TopK = Annotated[
-    int,
+    int | None,
     typer.Option(
         "--top-k",
         "-k",
-        help="Sample from the k most likely tokens; 0 turns it off, 1 is greedy.",
+        help="Sample from the k most likely tokens; 0 turns it off, 1 is greedy "
+        f"(default: {_MODEL_DEFAULT} {DEFAULT_PARAMS.top_k}).",
+        show_default=False,
         rich_help_panel=SAMPLING_PANEL,
     ),
 ]
 TopP = Annotated[
-    float,
+    float | None,
     typer.Option(
         "--top-p",
         "-p",
-        help="Nucleus sampling: the smallest set of tokens with this much probability, in (0, 1].",
+        help="Nucleus sampling: the smallest set of tokens with this much probability, in (0, 1] "
+        f"(default: {_MODEL_DEFAULT} {DEFAULT_PARAMS.top_p}).",
+        show_default=False,
         rich_help_panel=SAMPLING_PANEL,
     ),
 ]
 RepetitionPenalty = Annotated[
-    float,
+    float | None,
     typer.Option(
         "--repetition-penalty",
-        help="Penalise tokens already seen (> 1 discourages repeats; 1 turns it off; 0.01-100).",
+        help="Penalise tokens already seen (> 1 discourages repeats; 1 turns it off; 0.01-100) "
+        f"(default: {_MODEL_DEFAULT} {DEFAULT_PARAMS.repetition_penalty}).",
+        show_default=False,
         rich_help_panel=SAMPLING_PANEL,
     ),
 ]
@@ -160,7 +179,8 @@ IgnoreEos = Annotated[
     bool,
     typer.Option(
         "--ignore-eos",
-        help="Keep going past <|endoftext|> instead of stopping there.",
+        help="Keep going past the model's end tokens (eos_token_id; <|endoftext|> for GPT-2) "
+        "instead of stopping there.",
         rich_help_panel=SAMPLING_PANEL,
     ),
 ]

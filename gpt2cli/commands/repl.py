@@ -11,9 +11,8 @@ import typer
 from gpt2cli.commands import options
 from gpt2cli.commands.open_model import check_model
 from gpt2cli.commands.options import DEFAULT_GENERATION as GEN
-from gpt2cli.commands.options import DEFAULT_PARAMS as PARAMS
 from gpt2cli.repl.settings import MODES, Settings, check_mode
-from gpt2cli.types import GenerationConfig, LoadOptions, SamplingParams
+from gpt2cli.types import GenerationConfig, LoadOptions, check_given
 
 HELP = (
     "Explore GPT-2 interactively: load the model once, then type prompts and watch the "
@@ -38,11 +37,11 @@ EPILOG = """[bold]Examples[/bold]
 
 def repl(
     model: options.Model = "small",
-    max_tokens: options.MaxTokens = GEN.max_tokens,
-    temperature: options.Temperature = PARAMS.temperature,
-    top_k: options.TopK = PARAMS.top_k,
-    top_p: options.TopP = PARAMS.top_p,
-    repetition_penalty: options.RepetitionPenalty = PARAMS.repetition_penalty,
+    max_tokens: options.MaxTokens = None,
+    temperature: options.Temperature = None,
+    top_k: options.TopK = None,
+    top_p: options.TopP = None,
+    repetition_penalty: options.RepetitionPenalty = None,
     seed: options.Seed = None,
     stop: options.Stop = None,
     ignore_eos: options.IgnoreEos = GEN.ignore_eos,
@@ -65,29 +64,35 @@ def repl(
     debug: options.Debug = False,
 ) -> None:
     # Every flag is checked before torch is imported, as for generate.
-    params = SamplingParams(temperature, top_k, top_p, repetition_penalty, seed)
+    given = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+    given |= {"repetition_penalty": repetition_penalty, "max_tokens": max_tokens, "seed": seed}
+    check_given(given)
     config = GenerationConfig(
-        max_tokens,
-        stop=options.stop_strings(stop),
-        ignore_eos=ignore_eos,
-        context_shift=context_shift,
+        stop=options.stop_strings(stop), ignore_eos=ignore_eos, context_shift=context_shift
     )
     mode = check_mode(mode)
     load = check_model(LoadOptions(model, device, dtype, revision, offline or None, threads))
 
     from gpt2cli import console
     from gpt2cli.commands.open_model import open_model
+    from gpt2cli.commands.sampling import resolve_sampling
     from gpt2cli.errors import Interrupted
     from gpt2cli.repl.loop import run_session
     from gpt2cli.repl.session import Session
     from gpt2cli.ui.render import Renderer
 
     console.tolerate_unencodable_output()
+    renderer = Renderer(echo=False, verbose=verbose)
+    lm = open_model(load)
+    # flags, else the model's generation_config.json, else the built-in defaults (/set changes
+    # them from there; /model keeps them)
+    params, max_tokens = resolve_sampling(lm, given, seed, renderer)
+    config = dataclasses.replace(config, max_tokens=max_tokens)
     session = Session(
-        open_model(load),
+        lm,
         Settings(params, config),
         mode=mode,
-        renderer=Renderer(echo=False, verbose=verbose),
+        renderer=renderer,
         load=lambda name: open_model(check_model(dataclasses.replace(load, model=name))),
         parse_stop=options.stop_strings,
     )

@@ -21,11 +21,12 @@ HELP = (
     "Score a text with GPT-2: its perplexity, exp(mean negative log-likelihood per token); "
     "lower means the model finds the text more likely.\n\n"
     "The text is the TEXT argument, text piped on stdin ([bold]-[/bold] reads stdin "
-    "explicitly), or both (stdin, a newline, then the argument). It is scored after "
-    "<|endoftext|>, so its first token is scored too (--no-bos leaves the first token "
-    "unscored). A text longer than the model's window is scored with a sliding window: windows "
-    "start every --stride tokens, and each token is scored once, with up to window - 1 tokens "
-    "of context. On a terminal a progress bar shows the windows scored.\n\n"
+    "explicitly), or both (stdin, a newline, then the argument). It is scored after the "
+    "model's BOS token (bos_token_id: <|endoftext|> for GPT-2), so its first token is scored too "
+    "(--no-bos leaves the first token unscored). A text longer than the model's window is "
+    "scored with a sliding window: windows start every --stride tokens, and each token is "
+    "scored once, with up to window - 1 tokens of context. On a terminal a progress bar shows "
+    "the windows scored.\n\n"
     "--tokens adds a table of every token's log-probability, coloured on a terminal as "
     "generate --show-probs colours tokens; --json writes one JSON object for scripts."
 )
@@ -67,7 +68,8 @@ def score(
         bool,
         typer.Option(
             "--bos/--no-bos",
-            help="Score the text after <|endoftext|>, so that its first token is scored too.",
+            help="Score the text after the model's BOS token (<|endoftext|> for GPT-2), so that "
+            "its first token is scored too.",
             rich_help_panel=options.SCORING_PANEL,
         ),
     ] = True,
@@ -110,6 +112,11 @@ def score(
     lm = open_model(load)
     if verbose:
         console.info(lm.describe())
+    if bos and lm.bos_id is None:
+        console.warn(
+            "this model declares no bos_token_id and has no <|endoftext|>: the first token is "
+            "left unscored (as with --no-bos)"
+        )
 
     from gpt2cli.runtime.scoring import score_text
     from gpt2cli.ui.progress import windows_progress

@@ -21,6 +21,7 @@ from gpt2cli.hub.names import DEFAULT_REVISION, SIZES, local_folder, repo_id_for
 from gpt2cli.hub.progress import DownloadProgress, ProgressFactory, quiet_hub_logs
 from gpt2cli.hub.transfer import fetch_blob, sweep_partials
 from gpt2cli.model.config import SHARD_INDEX, SINGLE_FILE, read_config, shard_names
+from gpt2cli.text.special_tokens import FILES as TOKENIZER_EXTRAS
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
@@ -90,6 +91,7 @@ class _Fetch:
             self.revision = config.parent.name  # the commit: every later file comes from it
             self._weights()
             self._tokenizer()
+            self._tokenizer_extras()
             self._get("generation_config.json", optional=True)
             sweep_partials(self.repo_id)  # the checkpoint is whole: no partial file is needed
             return config.parent
@@ -276,6 +278,15 @@ class _Fetch:
                 raise
         if self._get("vocab.json", optional=True) is not None:
             self._get("merges.txt")
+
+    def _tokenizer_extras(self) -> None:
+        """The files that add a fine-tune's own tokens (text/special_tokens.py), when the repo
+        has them. A copy cached before gpt2cli fetched them still loads offline, without them."""
+        for name in TOKENIZER_EXTRAS:
+            try:
+                self._get(name, optional=True)
+            except _NotCached:
+                continue
 
     def _verify(self, pointer: Path, filename: str) -> None:
         verify_blob(pointer, filename, self.repo_id, self.display)

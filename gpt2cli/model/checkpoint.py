@@ -1,8 +1,9 @@
 """A checkpoint folder (config.json + safetensors) -> a ready GPT2 module.
 
 Accepts the Hub's unprefixed keys (with `h.N.attn.bias`/`masked_bias` mask buffers, no lm_head)
-and the `transformer.`-prefixed keys recent transformers writes (with or without lm_head.weight),
-single-file or sharded. Never unpickles `.bin` files. Tensors are read one at a time with
+and the `transformer.`-prefixed keys recent transformers writes (with or without lm_head.weight,
+which is the output head only when config.json sets `tie_word_embeddings: false`), single-file or
+sharded. Never unpickles `.bin` files. Tensors are read one at a time with
 plain reads (see tensorfile.py) straight into the model, so two full copies never coexist.
 """
 
@@ -25,12 +26,15 @@ _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
 def _top_shapes(cfg: GPT2Config) -> dict[str, tuple[int, ...]]:
     d = cfg.n_embd
-    return {
+    shapes: dict[str, tuple[int, ...]] = {
         "wte.weight": (cfg.vocab_size, d),
         "wpe.weight": (cfg.n_positions, d),
         "ln_f.weight": (d,),
         "ln_f.bias": (d,),
     }
+    if not cfg.tie_word_embeddings:
+        shapes["lm_head.weight"] = (cfg.vocab_size, d)
+    return shapes
 
 
 def _block_shapes(cfg: GPT2Config) -> dict[str, tuple[int, ...]]:
@@ -82,7 +86,17 @@ def _check_layers(cfg: GPT2Config, tensors: dict[str, tuple[TensorFile, TensorIn
         )
 
 
-def _index(files: list[Path]) -> dict[str, tuple[TensorFile, TensorInfo]]:
+def _skipped(name: str, cfg: GPT2Config) -> bool:
+    """Tensors in the file that the forward pass never uses: the head tied to wte (derived),
+    the causal-mask buffers, and cross-attention weights (run only on an encoder's states)."""
+    if name == "lm_head.weight":
+        return cfg.tie_word_embeddings
+    if cfg.add_cross_attention and (".crossattention." in name or ".ln_cross_attn." in name):
+        return True
+    return name.endswith(_IGNORED_SUFFIXES)
+
+
+def _index(files: list[Path], cfg: GPT2Config) -> dict[str, tuple[TensorFile, TensorInfo]]:
     """Normalised name -> where to read it, for every tensor worth loading."""
     found: dict[str, tuple[TensorFile, TensorInfo]] = {}
     for file in files:
@@ -95,9 +109,8 @@ def _index(files: list[Path]) -> dict[str, tuple[TensorFile, TensorInfo]]:
             ) from None
         for info in tf:
             name = info.name.removeprefix("transformer.")
-            if name == "lm_head.weight" or name.endswith(_IGNORED_SUFFIXES):
-                continue  # tied head / causal-mask buffers: derived, not loaded
-            found[name] = (tf, info)
+            if not _skipped(name, cfg):
+                found[name] = (tf, info)
     return found
 
 
@@ -115,7 +128,7 @@ def load_checkpoint(
         raise CheckpointError(f"{folder} is not a folder")
     device = torch.device(device)
     cfg = read_config(folder)
-    tensors = _index(weight_files(folder))
+    tensors = _index(weight_files(folder), cfg)
     for name, (_, info) in tensors.items():
         shape = _expected_shape(cfg, name)
         if shape is None:
@@ -126,6 +139,11 @@ def load_checkpoint(
             )
     _check_layers(cfg, tensors)  # before listing the n_layer * 12 names it implies
     missing = [name for name in _expected_names(cfg) if name not in tensors]
+    if "lm_head.weight" in missing:  # transformers would start it from random numbers
+        raise CheckpointError(
+            "config.json sets tie_word_embeddings: false, but the checkpoint has no "
+            "lm_head.weight (the output head)"
+        )
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise CheckpointError(f"checkpoint lacks tensor {missing[0]!r}{more}")
@@ -142,10 +160,11 @@ def load_checkpoint(
         scratch_t = torch.empty(max(math.prod(i.shape) for i in linear), dtype=dtype)
     try:
         for name, (tf, info) in tensors.items():
-            if name == "wte.weight" and layout.head_in_out:
+            head = name.removesuffix(".weight") + "_t"
+            if head == model.head_name:  # the output head, stored (d, vocab)
                 out = torch.empty(info.shape[::-1], dtype=dtype)
                 tf.read_rows_transposed(info.name, out)
-                _assign(model, "wte_t", out.to(device))
+                _assign(model, head, out.to(device))
                 continue
             if name.startswith("h.") and len(info.shape) == 2:  # a Conv1D (in, out) weight
                 module = model.get_submodule(name.removesuffix(".weight"))
@@ -156,7 +175,7 @@ def load_checkpoint(
                     module.set_weight(tf.read(info.name).to(dtype=dtype, device=device))
                 continue
             tensor = tf.read(info.name).to(dtype=dtype, device=device)
-            if name in ("wte.weight", "wpe.weight"):
+            if name in ("wte.weight", "wpe.weight", "lm_head.weight"):
                 _assign(model, name.removesuffix(".weight"), tensor)
             else:
                 _assign(model, name, tensor)

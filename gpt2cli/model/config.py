@@ -22,8 +22,49 @@ def is_gpt2_config(raw: object) -> bool:
     return isinstance(raw, dict) and raw.get("model_type", "gpt2") == "gpt2"
 
 
+# transformers' activation names (`ACT2CLS`) -> the function the MLP applies. Every tanh-GELU
+# spelling is one function ("gelu_tanh"), which oneDNN fuses into the first MLP matmul.
+ACTIVATIONS = {
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "gelu_python_tanh": "gelu_tanh",
+    "gelu_accurate": "gelu_tanh",
+    "gelu": "gelu",
+    "gelu_python": "gelu",
+    "gelu_10": "gelu_10",
+    "quick_gelu": "quick_gelu",
+    "relu": "relu",
+    "relu2": "relu2",
+    "relu6": "relu6",
+    "leaky_relu": "leaky_relu",
+    "silu": "silu",
+    "swish": "silu",
+    "mish": "mish",
+    "hardswish": "hardswish",
+    "sigmoid": "sigmoid",
+    "tanh": "tanh",
+    "laplace": "laplace",
+    "sqrtsoftplus": "sqrtsoftplus",
+    "linear": "linear",
+}
+# Activations with weights of their own, which no GPT-2 checkpoint carries (`mlp.act.*`).
+_LEARNED_ACTIVATIONS = ("prelu", "xielu")
+# Keys that go by another name in transformers' GPT2Config.attribute_map.
+_ALIASES = {
+    "n_embd": "hidden_size",
+    "n_positions": "max_position_embeddings",
+    "n_head": "num_attention_heads",
+    "n_layer": "num_hidden_layers",
+}
+
+
 @dataclass(frozen=True)
 class GPT2Config:
+    """What a config.json says about the network. Every GPT2Config key that changes
+    GPT2LMHeadModel's output is a field here (or refused by `from_hf`); the README lists the
+    keys that do not (dropout, initialisation, other heads' settings, metadata)."""
+
     vocab_size: int = 50257
     n_positions: int = 1024
     n_embd: int = 768
@@ -31,6 +72,12 @@ class GPT2Config:
     n_head: int = 12
     n_inner: int | None = None
     layer_norm_epsilon: float = 1e-5
+    activation: str = "gelu_tanh"  # a value of ACTIVATIONS
+    scale_attn_weights: bool = True  # scores / sqrt(head_dim)
+    scale_attn_by_inverse_layer_idx: bool = False  # scores also / (layer + 1)
+    reorder_and_upcast_attn: bool = False  # attention in float32 under bfloat16/float16
+    tie_word_embeddings: bool = True  # False: the output head is lm_head.weight, not wte
+    add_cross_attention: bool = False  # the file holds cross-attention weights (never run)
 
     @property
     def head_dim(self) -> int:
@@ -40,14 +87,45 @@ class GPT2Config:
     def inner_dim(self) -> int:
         return self.n_inner or 4 * self.n_embd
 
+    def attention_scale(self, layer: int) -> float | None:
+        """The factor attention scores are multiplied by in block `layer`, as transformers'
+        GPT2Attention computes it; None for the usual 1/sqrt(head_dim) (SDPA's own default)."""
+        if self.scale_attn_weights and not self.scale_attn_by_inverse_layer_idx:
+            return None
+        scale = self.head_dim**-0.5 if self.scale_attn_weights else 1.0
+        if self.scale_attn_by_inverse_layer_idx:
+            scale /= layer + 1
+        return scale
+
     @classmethod
     def from_hf(cls, d: object) -> GPT2Config:
         """Read a Hugging Face GPT-2 config.json (`n_ctx` is an older name for `n_positions`).
-        Raises ValueError on a config that is not a usable GPT-2 one."""
+        Raises ValueError on a config that is not a usable GPT-2 one, naming the key."""
         if not isinstance(d, dict):
             raise ValueError("config.json is not a JSON object")
         if not is_gpt2_config(d):
             raise ValueError(f"model_type is {d.get('model_type')!r}, not 'gpt2'")
+        d = _resolve_aliases(d)
+        act = d.get("activation_function", "gelu_new")
+        if act not in ACTIVATIONS:
+            why = (
+                "an activation with learned weights, which gpt2cli does not run"
+                if act in _LEARNED_ACTIVATIONS
+                else f"supported: {', '.join(ACTIVATIONS)}"
+            )
+            raise ValueError(f"activation_function {act!r} is not supported ({why})")
+        flags = {}
+        for key in (
+            "scale_attn_weights",
+            "scale_attn_by_inverse_layer_idx",
+            "reorder_and_upcast_attn",
+            "tie_word_embeddings",
+            "add_cross_attention",
+        ):
+            value = d.get(key, getattr(cls, key))
+            if not isinstance(value, bool):
+                raise ValueError(f"{key} must be true or false, got {value!r}")
+            flags[key] = value
         try:
             cfg = cls(
                 vocab_size=int(d["vocab_size"]),
@@ -55,26 +133,35 @@ class GPT2Config:
                 n_embd=int(d["n_embd"]),
                 n_layer=int(d["n_layer"]),
                 n_head=int(d["n_head"]),
-                n_inner=int(d["n_inner"]) if d.get("n_inner") else None,
+                n_inner=int(d["n_inner"]) if d.get("n_inner") is not None else None,
                 layer_norm_epsilon=float(d.get("layer_norm_epsilon", 1e-5)),
+                activation=ACTIVATIONS[act],
+                **flags,
             )
         except KeyError as exc:
             raise ValueError(f"config.json lacks {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
             raise ValueError(f"config.json has a value of the wrong type ({exc})") from None
         sizes = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
-        if any(getattr(cfg, name) < 1 for name in sizes) or (cfg.n_inner or 1) < 1:
+        if any(getattr(cfg, name) < 1 for name in sizes) or (
+            cfg.n_inner is not None and cfg.n_inner < 1
+        ):
             raise ValueError("sizes in config.json must be positive integers")
         if cfg.n_embd % cfg.n_head:
             raise ValueError(f"n_embd {cfg.n_embd} is not divisible by n_head {cfg.n_head}")
-        act = d.get("activation_function", "gelu_new")
-        if act not in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
-            raise ValueError(f"activation_function {act!r} is not supported (gelu_new expected)")
-        if d.get("scale_attn_by_inverse_layer_idx") or d.get("reorder_and_upcast_attn"):
-            raise ValueError(
-                "GPT-2 variants with layer-scaled or reordered attention are not supported"
-            )
         return cfg
+
+
+def _resolve_aliases(d: dict) -> dict:
+    """`hidden_size` and the other attribute_map names, read as transformers reads them."""
+    out = dict(d)
+    for key, alias in _ALIASES.items():
+        if alias not in d:
+            continue
+        if key in d and d[key] != d[alias]:
+            raise ValueError(f"config.json sets {key} {d[key]!r} but {alias} {d[alias]!r}")
+        out[key] = d[alias]
+    return out
 
 
 def load_config_json(folder: Path) -> dict:

@@ -14,6 +14,8 @@ prefix. Where the tokens sit is a `Span`, built once per pass:
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -133,6 +135,8 @@ class Attention(nn.Module):
         self.layer = layer
         self.n_head = config.n_head
         self.head_dim = config.head_dim
+        self.scale = config.attention_scale(layer)  # None: SDPA's 1/sqrt(head_dim)
+        self.upcast = config.reorder_and_upcast_attn
         self.c_attn = Linear(config.n_embd, 3 * config.n_embd, layout)
         self.c_proj = Linear(config.n_embd, config.n_embd, layout)
 
@@ -141,10 +145,41 @@ class Attention(nn.Module):
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, H, T, hd)
         keys, values = cache.update(self.layer, k, v, span)
-        y = F.scaled_dot_product_attention(
-            q, keys, values, attn_mask=span.mask, is_causal=span.causal
-        )
+        if self.upcast and q.dtype != torch.float32:  # reorder_and_upcast_attn: float32 scores
+            y = F.scaled_dot_product_attention(
+                q.float(), keys.float(), values.float(),
+                attn_mask=span.mask, is_causal=span.causal, scale=self.scale,
+            ).to(q.dtype)  # fmt: skip
+        else:
+            y = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=span.mask, is_causal=span.causal, scale=self.scale
+            )
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+def _laplace(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1.0 + torch.erf((x - 0.707107) / (0.282095 * math.sqrt(2.0))))
+
+
+# GPT2Config.activation -> the function, for all but "gelu_tanh" (fused into c_fc). Each is
+# transformers' ACT2CLS entry (activations.py) written with torch's own kernels.
+ACTIVATION_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,
+    "gelu_10": lambda x: torch.clip(F.gelu(x), -10, 10),
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "relu": F.relu,
+    "relu2": lambda x: torch.square(F.relu(x)),
+    "relu6": F.relu6,
+    "leaky_relu": F.leaky_relu,
+    "silu": F.silu,
+    "mish": F.mish,
+    "hardswish": F.hardswish,
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "laplace": _laplace,
+    "sqrtsoftplus": lambda x: F.softplus(x).sqrt(),
+    "linear": lambda x: x,
+}
 
 
 class MLP(nn.Module):
@@ -152,9 +187,15 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = Linear(config.n_embd, config.inner_dim, layout)
         self.c_proj = Linear(config.inner_dim, config.n_embd, layout)
+        # GPT-2's own tanh GELU runs inside c_fc (fused on oneDNN); any other is applied after.
+        self.act = (
+            None if config.activation == "gelu_tanh" else ACTIVATION_FUNCTIONS[config.activation]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(self.c_fc(x, gelu=True))
+        if self.act is None:
+            return self.c_proj(self.c_fc(x, gelu=True))
+        return self.c_proj(self.act(self.c_fc(x)))
 
 
 class Block(nn.Module):
@@ -171,17 +212,22 @@ class Block(nn.Module):
 
 
 class GPT2(nn.Module):
-    """The decoder. `forward` runs tokens against a KVCache and returns logits. The token
-    embedding doubles as the output head; it is stored as `wte` (vocab, d) or, with
-    `layout.head_in_out`, as `wte_t` (d, vocab)."""
+    """The decoder. `forward` runs tokens against a KVCache and returns logits. The output head
+    is the token embedding (tied, as in GPT-2) or, with `tie_word_embeddings: false`, a matrix
+    of its own (`lm_head`). It is stored (vocab, d), or (d, vocab) with `layout.head_in_out`
+    (`wte_t`/`lm_head_t`); an untied embedding is only looked up, so it stays (vocab, d)."""
 
     def __init__(self, config: GPT2Config, layout: Layout | None = None) -> None:
         super().__init__()
         self.config = config
         self.layout = layout = layout or Layout()
-        self.in_out = in_out = layout.head_in_out
-        shape = (config.n_embd, config.vocab_size) if in_out else (config.vocab_size, config.n_embd)
-        self.register_parameter("wte_t" if in_out else "wte", nn.Parameter(torch.empty(shape)))
+        in_out = layout.head_in_out
+        vocab, d = config.vocab_size, config.n_embd
+        self.head_name = ("wte" if config.tie_word_embeddings else "lm_head") + ("_t" * in_out)
+        head = torch.empty((d, vocab) if in_out else (vocab, d))
+        self.register_parameter(self.head_name, nn.Parameter(head))
+        if self.head_name != "wte":
+            self.wte = nn.Parameter(torch.empty(vocab, d))
         # Plain parameters, not nn.Embedding: its initialiser on the meta device pulls in ~70 MB
         # of torch's Python meta kernels, for weights the checkpoint overwrites anyway.
         self.wpe = nn.Parameter(torch.empty(config.n_positions, config.n_embd))
@@ -191,7 +237,7 @@ class GPT2(nn.Module):
     @property
     def token_embedding(self) -> torch.Tensor:
         """(vocab, d), a view whatever the storage layout."""
-        return self.wte_t.t() if self.in_out else self.wte
+        return self.wte_t.t() if self.head_name == "wte_t" else self.wte
 
     def new_cache(self, batch: int = 1, zeroed: bool = False) -> KVCache:
         p = self.wpe
@@ -246,5 +292,4 @@ class GPT2(nn.Module):
         return self.ln_f(x)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
-        embedding = self.wte_t if self.in_out else self.wte
-        return tied_head(x, embedding, self.layout)
+        return tied_head(x, getattr(self, self.head_name), self.layout)

@@ -16,6 +16,7 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
+from gpt2cli.errors import UsageError
 from gpt2cli.runtime.loader import LoadedModel
 from gpt2cli.runtime.scheduler import Request, Scheduler
 from gpt2cli.types import Completion, Event, Finish, GenerationConfig, SamplingParams
@@ -53,7 +54,14 @@ def make_request(
     config = config or GenerationConfig()
     if params.seed is None:
         params = dataclasses.replace(params, seed=random.SystemRandom().randrange(2**31))
-    ids = lm.tokenizer.encode(prompt) or [lm.bos_id]
+    ids = lm.tokenizer.encode(prompt)
+    if not ids:
+        if lm.bos_id is None:
+            raise UsageError(
+                "this model declares no bos_token_id and has no <|endoftext|> token to start "
+                "from: give a prompt"
+            )
+        ids = [lm.bos_id]
     ids, dropped = fit_prompt(ids, lm.context_length, config.max_tokens, config.context_shift)
     return Request(ids, params, config, key=key, dropped=dropped)
 
@@ -69,7 +77,8 @@ def generate(
 
     `config` says what to generate (GenerationConfig); its fields can also be passed as keyword
     arguments (`max_tokens=20, samples=2`), which override it. An empty prompt starts from the
-    BOS token (<|endoftext|> for GPT-2). `samples` continuations decode as one batch."""
+    model's BOS token (bos_token_id; <|endoftext|> for GPT-2). `samples` continuations decode
+    as one batch."""
     config = config or GenerationConfig()
     if options:
         config = dataclasses.replace(config, **options)

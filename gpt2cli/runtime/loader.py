@@ -3,18 +3,20 @@ resolved through the Hub cache, the weights and the tokenizer loaded."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from gpt2cli.errors import CheckpointError, ParamError
+from gpt2cli.errors import CheckpointError, CheckpointWarning, ParamError
 from gpt2cli.hub.progress import ProgressFactory
 from gpt2cli.model.checkpoint import load_checkpoint
-from gpt2cli.model.config import GPT2Config
+from gpt2cli.model.config import GPT2Config, load_config_json
+from gpt2cli.model.generation_config import read_generation_defaults
 from gpt2cli.model.gpt2 import GPT2
 from gpt2cli.text.tokenizer import Tokenizer
-from gpt2cli.types import DTYPES, LoadOptions
+from gpt2cli.types import DTYPES, GenerationDefaults, LoadOptions
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 assert set(TORCH_DTYPES) == set(DTYPES) - {"auto"}
@@ -31,6 +33,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     cuda_graphs: bool | None = None  # None: on for CUDA devices
+    generation: GenerationDefaults = field(default_factory=GenerationDefaults)
 
     @property
     def config(self) -> GPT2Config:
@@ -42,12 +45,20 @@ class LoadedModel:
 
     @property
     def eos_ids(self) -> frozenset[int]:
-        """Token ids that end a sample."""
-        return frozenset({self.tokenizer.eot_id})
+        """Token ids that end a sample: the checkpoint's eos_token_id (an int or a list, from
+        generation_config.json, else config.json). A checkpoint that declares none ends at
+        <|endoftext|> when its vocabulary has one (transformers would not stop at all)."""
+        if self.generation.eos_token_ids is not None:
+            return frozenset(self.generation.eos_token_ids)
+        eot = self.tokenizer.eot_id
+        return frozenset() if eot is None else frozenset({eot})
 
     @property
-    def bos_id(self) -> int:
-        """The token an empty prompt (and scoring) starts from."""
+    def bos_id(self) -> int | None:
+        """The token an empty prompt (and scoring) starts from: the checkpoint's bos_token_id,
+        else <|endoftext|>; None when there is neither."""
+        if self.generation.bos_token_id is not None:
+            return self.generation.bos_token_id
         return self.tokenizer.eot_id
 
     def describe(self) -> str:
@@ -139,4 +150,9 @@ def load_folder(folder: Path, options: LoadOptions) -> LoadedModel:
             f"vocab_size (and the embedding) only {net.config.vocab_size}: they do not belong "
             "together"
         )
-    return LoadedModel(net, tokenizer, options.model, Path(folder), dev, dt)
+    generation, problems = read_generation_defaults(
+        Path(folder), load_config_json(Path(folder)), net.config.vocab_size
+    )
+    for problem in problems:  # shown by the CLI as `gpt2: warning: ...`
+        warnings.warn(problem, CheckpointWarning, stacklevel=2)
+    return LoadedModel(net, tokenizer, options.model, Path(folder), dev, dt, generation=generation)

@@ -309,6 +309,7 @@ class Scheduler:
             logprobs=seq.logprobs if request.config.logprobs else None,
             prompt_ids=request.prompt_ids,
             shifts=seq.shifts,
+            end_token=seq.pending if reason == "eos" else None,
         )
         out.append((request.key, Finish(seq.sample, completion)))
         self.rows[seq.row] = None

@@ -2,10 +2,10 @@
 
 `score_text` gives the perplexity of a text, exp(mean negative log-likelihood), and on request
 every token's log-probability given the text before it. The first token has nothing before it to
-predict it from, so by default the text is scored after the BOS token (`<|endoftext|>` for
-GPT-2, its document separator, as GPT-2 evaluations usually do) and every token of the text is
-scored; with `bos=False` the first token is left unscored (its logprob is None), as in the
-Hugging Face perplexity guide.
+predict it from, so by default the text is scored after the model's BOS token (its bos_token_id:
+`<|endoftext|>`, GPT-2's document separator, used as a BOS token as GPT-2 evaluations usually
+do) and every token of the text is scored; with `bos=False` (or a model without a BOS token) the
+first token is left unscored (its logprob is None), as in the Hugging Face perplexity guide.
 
 A text longer than the window is scored with a sliding window, as in that guide: windows of
 `window` tokens start every `stride` tokens; each token is scored once, in the first window that
@@ -146,6 +146,7 @@ def score_text(
     window = lm.context_length
     stride = check_stride(stride, window)
     encoded = tok.encode_long(text)
+    bos = bos and lm.bos_id is not None  # a model with no BOS token: as bos=False
     if not encoded or (len(encoded) < 2 and not bos):
         raise UsageError("nothing to score: the text has no token the model could predict")
     text_ids = torch.frombuffer(encoded, dtype=torch.int32)
@@ -189,15 +190,17 @@ def candidate_steps(
 ) -> list[CandidateStep]:
     """For each token of `sampled` (generated after `context`, in order), the `top_n` most
     likely candidates at that step. A final None in `sampled` stands for the next token, not
-    sampled yet. An empty context is `<|endoftext|>`, as for generation; a context too long for
-    the window keeps its last tokens. With `context_shift` the steps may run past the window:
-    each is computed on the context the scheduler's shift policy gave it."""
+    sampled yet. An empty context is the model's BOS token, as for generation; a context too
+    long for the window keeps its last tokens. With `context_shift` the steps may run past the
+    window: each is computed on the context the scheduler's shift policy gave it."""
     if not sampled:
         return []
     window = lm.context_length
     if len(sampled) > window and not context_shift:
         raise ValueError("more sampled tokens than fit in the window")
-    context = list(context) or [lm.bos_id]
+    context = list(context) or ([] if lm.bos_id is None else [lm.bos_id])
+    if not context:
+        raise ValueError("an empty context needs the model's BOS token, and it has none")
     keep = window if context_shift else window + 1 - len(sampled)
     context = context[max(0, len(context) - keep) :]
     seen = None

@@ -9,15 +9,15 @@ decoding incrementally, so the concatenated deltas always equal `decode(all ids)
 from __future__ import annotations
 
 import codecs
-import json
 import re
 from array import array
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
 from gpt2cli.errors import CheckpointError
+from gpt2cli.text.special_tokens import EOT, TokenSpec, read_tokenizer_files
 
-EOT = "<|endoftext|>"
 # Where a long text may be cut for encoding in pieces: after a printable non-space ASCII
 # character that is followed by a space or a newline (see Tokenizer.encode_long).
 _CUT = re.compile(r"[!-~](?=[ \n])")
@@ -40,7 +40,8 @@ def _byte_decoder() -> dict[str, int]:
 
 class TokenBytes:
     """id -> the bytes that token stands for, computed on first use: building the whole table
-    up front costs ~0.15 s of start-up for 50257 tokens, while a run touches a few hundred."""
+    up front costs ~0.15 s of start-up for 50257 tokens, while a run touches a few hundred.
+    Special tokens stand for their text; an id the tokenizer does not have, for nothing."""
 
     def __init__(self, backend: object) -> None:
         self._backend = backend
@@ -53,12 +54,19 @@ class TokenBytes:
     def __len__(self) -> int:
         return self._size
 
+    def __iter__(self) -> Iterator[bytes]:
+        return (self[i] for i in range(self._size))
+
     def __getitem__(self, token_id: int) -> bytes:
         found = self._cache.get(token_id)
         if found is None:
+            if token_id < 0:
+                raise IndexError(f"token id {token_id} is negative")
             token = self._backend.id_to_token(token_id)
-            if token is None:
-                raise IndexError(f"token id {token_id} is not in the vocabulary")
+            if token is None:  # an id past the tokenizer (a padded vocabulary): text '', as
+                found = b""  # transformers decodes it
+                self._cache[token_id] = found
+                return found
             byte_of = _byte_decoder()
             if token in self._special or any(ch not in byte_of for ch in token):
                 found = token.encode("utf-8")
@@ -77,12 +85,15 @@ class Tokenizer:
         assert isinstance(backend, _Backend)
         self._tok = backend
         self.token_bytes = TokenBytes(backend)
-        eot = backend.token_to_id(EOT)
-        self.eot_id: int = eot if eot is not None else len(self.token_bytes) - 1
+        # None: a vocabulary without <|endoftext|> (the model's config then names its own
+        # start and end tokens: runtime/loader.py)
+        self.eot_id: int | None = backend.token_to_id(EOT)
 
     @classmethod
     def from_folder(cls, folder: Path | str) -> Tokenizer:
-        """tokenizer.json when present, else vocab.json + merges.txt."""
+        """tokenizer.json when present, else vocab.json + merges.txt; then the tokens that
+        tokenizer_config.json, special_tokens_map.json and added_tokens.json add (see
+        special_tokens.py) and tokenizer_config.json's add_prefix_space."""
         from tokenizers import Tokenizer as _Backend
         from tokenizers import decoders, models, pre_tokenizers
 
@@ -91,19 +102,24 @@ class Tokenizer:
         vocab, merges = folder / "vocab.json", folder / "merges.txt"
         try:
             if json_path.is_file():
-                return cls(_Backend.from_file(str(json_path)))
-            if vocab.is_file() and merges.is_file():
+                backend = _Backend.from_file(str(json_path))
+            elif vocab.is_file() and merges.is_file():
                 backend = _Backend(models.BPE.from_file(str(vocab), str(merges)))
                 backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
                 backend.decoder = decoders.ByteLevel()
-                if EOT in json.loads(vocab.read_text(encoding="utf-8")):
-                    backend.add_special_tokens([EOT])
-                return cls(backend)
+            else:
+                raise CheckpointError(
+                    f"{folder} has no tokenizer.json (nor vocab.json + merges.txt): cannot tokenize"
+                )
+            files = read_tokenizer_files(folder, has_eot=backend.token_to_id(EOT) is not None)
+            _add_tokens(backend, files.tokens)
+            if files.add_prefix_space is not None:
+                _set_prefix_space(backend, files.add_prefix_space)
+        except CheckpointError:
+            raise
         except Exception as exc:  # tokenizers raises plain Exception subclasses
             raise CheckpointError(f"cannot read the tokenizer in {folder}: {exc}") from None
-        raise CheckpointError(
-            f"{folder} has no tokenizer.json (nor vocab.json + merges.txt): cannot tokenize"
-        )
+        return cls(backend)
 
     @property
     def vocab_size(self) -> int:
@@ -155,6 +171,43 @@ class Tokenizer:
     def token_text(self, token_id: int) -> str:
         """One token on its own, for display (partial UTF-8 bytes show as U+FFFD)."""
         return self.token_bytes[token_id].decode("utf-8", errors="replace")
+
+
+def _add_tokens(backend: object, tokens: list[TokenSpec]) -> None:
+    """Add `tokens` in order (a token already in the vocabulary keeps its id, a new one takes
+    the next free id), then check that each declared id is the one it got."""
+    from tokenizers import AddedToken
+
+    for spec in tokens:
+        flags = {"normalized": spec.normalized} if spec.normalized is not None else {}
+        token = AddedToken(
+            spec.content, single_word=spec.single_word, lstrip=spec.lstrip, rstrip=spec.rstrip,
+            special=spec.special, **flags,
+        )  # fmt: skip
+        if spec.special:
+            backend.add_special_tokens([token])  # type: ignore[attr-defined]
+        else:
+            backend.add_tokens([token])  # type: ignore[attr-defined]
+    for spec in tokens:
+        got = backend.token_to_id(spec.content)  # type: ignore[attr-defined]
+        if spec.id is not None and got != spec.id:
+            raise CheckpointError(
+                f"{spec.source} gives {spec.content!r} the id {spec.id}, but the tokenizer's "
+                f"vocabulary makes it {got}: the tokenizer files disagree"
+            )
+
+
+def _set_prefix_space(backend: object, add_prefix_space: bool) -> None:
+    """tokenizer_config.json's add_prefix_space, as GPT-2's tokenizer class sets it: on a
+    byte-level pre-tokenizer."""
+    from tokenizers import pre_tokenizers
+
+    current = backend.pre_tokenizer  # type: ignore[attr-defined]
+    if isinstance(current, pre_tokenizers.ByteLevel):
+        current.add_prefix_space = add_prefix_space
+    else:
+        byte_level = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
+        backend.pre_tokenizer = byte_level  # type: ignore[attr-defined]
 
 
 class StreamDecoder:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -29,12 +31,16 @@ Café, naïve, façade, jalapeño; 東京タワー, 北京, 서울; emoji 🎉�
 )
 
 
-def build_tokenizer_files(folder: Path, vocab_size: int, seed: int = 0) -> tuple[Path, Path, Path]:
+def build_tokenizer_files(
+    folder: Path, vocab_size: int, seed: int = 0, special_tokens: Sequence[str] = ()
+) -> tuple[Path, Path, Path]:
     """Write tokenizer.json, vocab.json and merges.txt for a byte-level BPE of `vocab_size` ids
-    (the last one `<|endoftext|>`). Returns the three paths."""
+    (the last one `<|endoftext|>`). Returns the three paths. With `special_tokens` (say `<s>`,
+    `</s>`, `<pad>`) those take the first ids instead, and there is no `<|endoftext|>` at all."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    n_regular = vocab_size - 1
+    specials = list(special_tokens)
+    n_regular = vocab_size - (0 if specials else 1)
     if n_regular < 256:
         raise ValueError("vocab_size must be at least 257")
     tok = Tokenizer(models.BPE())
@@ -43,6 +49,7 @@ def build_tokenizer_files(folder: Path, vocab_size: int, seed: int = 0) -> tuple
         vocab_size=n_regular,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
+        special_tokens=specials,
     )
     tok.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
     model = json.loads(tok.to_str())["model"]
@@ -50,7 +57,7 @@ def build_tokenizer_files(folder: Path, vocab_size: int, seed: int = 0) -> tuple
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     # Pad with synthetic merges (deterministic) until the vocabulary has n_regular entries.
     rng = random.Random(seed)
-    tokens = sorted(vocab, key=vocab.get)
+    tokens = [t for t in sorted(vocab, key=vocab.get) if t not in specials]
     while len(vocab) < n_regular:
         a, b = rng.choice(tokens), rng.choice(tokens[:256])
         if len(a) + len(b) > 12 or (a + b) in vocab:
@@ -58,7 +65,8 @@ def build_tokenizer_files(folder: Path, vocab_size: int, seed: int = 0) -> tuple
         vocab[a + b] = len(vocab)
         tokens.append(a + b)
         merges.append((a, b))
-    vocab[EOT] = n_regular
+    if not specials:
+        vocab[EOT] = n_regular
 
     folder.mkdir(parents=True, exist_ok=True)
     vocab_path, merges_path = folder / "vocab.json", folder / "merges.txt"
@@ -70,7 +78,7 @@ def build_tokenizer_files(folder: Path, vocab_size: int, seed: int = 0) -> tuple
     full.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     full.decoder = decoders.ByteLevel()
     full.post_processor = processors.ByteLevel(trim_offsets=False)
-    full.add_special_tokens([EOT])
+    full.add_special_tokens(specials or [EOT])
     json_path = folder / "tokenizer.json"
     full.save(str(json_path))
     return json_path, vocab_path, merges_path
@@ -105,6 +113,7 @@ def random_state_dict(cfg: dict, seed: int = 0, std: float = 0.2) -> dict[str, t
     wanders instead of repeating one token."""
     g = torch.Generator().manual_seed(seed)
     d, n_pos, vocab = cfg["n_embd"], cfg["n_positions"], cfg["vocab_size"]
+    inner = cfg.get("n_inner") or 4 * d
 
     def rnd(*shape: int, scale: float = std) -> torch.Tensor:
         return torch.randn(*shape, generator=g) * scale
@@ -120,9 +129,9 @@ def random_state_dict(cfg: dict, seed: int = 0, std: float = 0.2) -> dict[str, t
         sd[p + "attn.c_proj.bias"] = rnd(d, scale=0.1)
         sd[p + "ln_2.weight"] = 1 + rnd(d, scale=0.1)
         sd[p + "ln_2.bias"] = rnd(d, scale=0.1)
-        sd[p + "mlp.c_fc.weight"] = rnd(d, 4 * d)
-        sd[p + "mlp.c_fc.bias"] = rnd(4 * d, scale=0.1)
-        sd[p + "mlp.c_proj.weight"] = rnd(4 * d, d, scale=std / 2)
+        sd[p + "mlp.c_fc.weight"] = rnd(d, inner)
+        sd[p + "mlp.c_fc.bias"] = rnd(inner, scale=0.1)
+        sd[p + "mlp.c_proj.weight"] = rnd(inner, d, scale=std / 2)
         sd[p + "mlp.c_proj.bias"] = rnd(d, scale=0.1)
     sd["ln_f.weight"] = 1 + rnd(d, scale=0.1)
     sd["ln_f.bias"] = rnd(d, scale=0.1)
@@ -140,6 +149,11 @@ def build_checkpoint(
     layout: str = "hub",
     seed: int = 0,
     tokenizer: str = "json",
+    config: dict | None = None,
+    generation_config: dict | None = None,
+    untied_head: bool = False,
+    tokenizer_vocab_size: int | None = None,
+    special_tokens: Sequence[str] = (),
 ) -> Path:
     """Write a random GPT-2 checkpoint to `folder`.
 
@@ -147,13 +161,22 @@ def build_checkpoint(
     openai-community/gpt2) or "transformers" (`transformer.`-prefixed keys with `lm_head.weight`,
     like a recent `save_pretrained`). tokenizer: "json" (tokenizer.json + vocab/merges),
     "vocab_merges" (no tokenizer.json) or "none".
+
+    config: keys merged into config.json before the weights are made (n_inner shapes them).
+    generation_config: the whole generation_config.json (default: bos/eos the last id).
+    untied_head: `tie_word_embeddings: false` with an lm_head.weight of its own ("transformers"
+    layout only). tokenizer_vocab_size: a tokenizer smaller than the model's vocabulary (ids
+    past it are unknown to the tokenizer, like a vocabulary padded to 50304). special_tokens:
+    see build_tokenizer_files.
     """
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = _config(n_layer, n_embd, n_head, n_positions, vocab_size)
+    cfg = _config(n_layer, n_embd, n_head, n_positions, vocab_size) | (config or {})
     sd = random_state_dict(cfg, seed=seed)
+    if untied_head and layout != "transformers":
+        raise ValueError("an untied head needs the transformers layout")
     if layout == "hub":
         mask = torch.tril(torch.ones(n_positions, n_positions, dtype=torch.bool))
         for i in range(n_layer):
@@ -162,6 +185,10 @@ def build_checkpoint(
     elif layout == "transformers":
         sd = {f"transformer.{k}": v for k, v in sd.items()}
         sd["lm_head.weight"] = sd["transformer.wte.weight"].clone()
+        if untied_head:
+            cfg["tie_word_embeddings"] = False
+            g = torch.Generator().manual_seed(seed + 1000)
+            sd["lm_head.weight"] = torch.randn(vocab_size, n_embd, generator=g) * 0.2
     else:
         raise ValueError(f"unknown layout {layout!r}")
     save_file(
@@ -170,11 +197,13 @@ def build_checkpoint(
         metadata={"format": "pt"},
     )
     (folder / "config.json").write_text(json.dumps(cfg, indent=2))
-    (folder / "generation_config.json").write_text(
-        json.dumps({"bos_token_id": vocab_size - 1, "eos_token_id": vocab_size - 1})
-    )
+    if generation_config is None:
+        generation_config = {"bos_token_id": vocab_size - 1, "eos_token_id": vocab_size - 1}
+    (folder / "generation_config.json").write_text(json.dumps(generation_config))
     if tokenizer != "none":
-        json_path, _, _ = build_tokenizer_files(folder, vocab_size, seed=seed)
+        json_path, _, _ = build_tokenizer_files(
+            folder, tokenizer_vocab_size or vocab_size, seed=seed, special_tokens=special_tokens
+        )
         if tokenizer == "vocab_merges":
             json_path.unlink()
     return folder
@@ -206,3 +235,58 @@ def edited_checkpoint(
             sd[name] = change(sd[name]) if callable(change) else change
         save_file({k: v.contiguous() for k, v in sd.items()}, str(path), metadata={"format": "pt"})
     return folder
+
+
+def derive_checkpoint(
+    src: Path,
+    dest: Path,
+    *,
+    config: dict | None = None,
+    files: dict[str, object] | None = None,
+    remove: Sequence[str] = (),
+) -> Path:
+    """Copy the checkpoint folder `src` to `dest`, then merge `config` into config.json, write
+    `files` (name -> JSON value, or str for raw text) and delete `remove`."""
+    dest = Path(dest)
+    shutil.copytree(src, dest)
+    if config:
+        cfg = json.loads((dest / "config.json").read_text())
+        (dest / "config.json").write_text(json.dumps(cfg | config, indent=2))
+    for name, value in (files or {}).items():
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        (dest / name).write_text(text, encoding="utf-8")
+    for name in remove:
+        (dest / name).unlink()
+    return dest
+
+
+def edit_weights(folder: Path, edit: Callable[[dict[str, torch.Tensor]], None]) -> None:
+    """Rewrite model.safetensors after `edit` changed its tensors (a dict, edited in place)."""
+    from safetensors.torch import load_file, save_file
+
+    path = Path(folder) / "model.safetensors"
+    sd = load_file(str(path))
+    edit(sd)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path), metadata={"format": "pt"})
+
+
+def add_tokenizer_tokens(folder: Path, tokens: Sequence[str], special: bool = True) -> list[int]:
+    """Add tokens to the folder's tokenizer.json (next free ids, as a fine-tune's
+    `tokenizer.add_tokens` does); returns their ids."""
+    from tokenizers import AddedToken, Tokenizer
+
+    path = Path(folder) / "tokenizer.json"
+    tok = Tokenizer.from_file(str(path))
+    added = [AddedToken(t, special=special, normalized=not special) for t in tokens]
+    tok.add_special_tokens(added) if special else tok.add_tokens(added)
+    tok.save(str(path))
+    return [tok.token_to_id(t) for t in tokens]
+
+
+def reference_model(folder: Path, **kwargs):
+    """transformers' GPT2LMHeadModel for `folder`, in eval mode: the oracle."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    return transformers.GPT2LMHeadModel.from_pretrained(str(folder), **kwargs).eval()
