@@ -58,11 +58,20 @@ def batch(ckpt: Path, *args: str, **kwargs) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def lm(tiny_checkpoint: Path) -> LoadedModel:
-    return load_model(tiny_checkpoint, device="cpu")
+def lm(tiny_checkpoint: Path):
+    """The tiny model in this process, on one thread like the `gpt2` the tests start (two
+    threads on two busy cores are many times slower for a model this small)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_model(tiny_checkpoint, device="cpu")
+    torch.set_num_threads(threads)
 
 
 def test_one_line_per_row_with_generates_fields(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """Rows with their own settings, bad rows, a prompt too long for the window; a row's seed
+    repeats it with `gpt2 generate --seed`; progress lines on a stderr that is not a terminal."""
     rows = [
         {"prompt": "Hello", "id": "a"},
         {"prompt": "Once upon a time there was", "id": "b", "max_tokens": 3},
@@ -71,10 +80,11 @@ def test_one_line_per_row_with_generates_fields(tiny_checkpoint: Path, tmp_path:
         {"prompt": "Stop", "id": "s", "stop": ["a", "e", "o", " "], "max_tokens": 30},
         {"id": "no-prompt"},
         {"prompt": "x", "id": "hot", "temperature": -2},
+        {"prompt": "word " * 200, "id": "long"},  # longer than the tiny model's window
     ]
     inp = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out.jsonl"
-    proc = batch(tiny_checkpoint, str(inp), "-o", str(out), "-n", "6", "-s", "3", "-b", "2")
+    proc = batch(tiny_checkpoint, str(inp), "-o", str(out), "-n", "6", "-s", "3", "-b", "2", "-v")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ""
     records = {r["id"]: r for r in read_jsonl(out)}
@@ -92,8 +102,20 @@ def test_one_line_per_row_with_generates_fields(tiny_checkpoint: Path, tmp_path:
         "error": "line 6: prompt: missing (every row needs one)",
     }
     assert "temperature" in records["hot"]["error"] and set(records["hot"]) == {"id", "error"}
-    assert "2 rows had errors" in proc.stderr
-    assert "7 rows → " in proc.stderr
+    assert "2 rows had errors" in proc.stderr and "1 prompts were cut to fit" in proc.stderr
+    assert "8 rows → " in proc.stderr and "model " in proc.stderr  # -v: which model, on what
+    progress = [line for line in proc.stderr.splitlines() if line.startswith("batch: ")]
+    assert len(progress) == 8  # one per row for a small file (about 20 lines for a big one)
+    assert progress[-1].startswith("batch: 8/8 rows · ") and " tok/s · ETA " in progress[-1]
+    assert "\x1b" not in proc.stderr
+
+    one = gpt2(
+        "generate", "-m", str(tiny_checkpoint), "--device", "cpu", "--json", "-n", "6",
+        "--seed", str(records["a"]["seed"]), "Hello",
+    )  # fmt: skip
+    row = without_timing(records["a"])
+    del row["id"]
+    assert without_timing(json.loads(one.stdout)) == row
 
 
 def test_rows_match_generate_at_temperature_0(
@@ -101,7 +123,7 @@ def test_rows_match_generate_at_temperature_0(
 ) -> None:
     """64 prompts of mixed lengths, 8 rows per forward pass: each row's tokens are what
     `generate -t 0` gives alone. Float rounding in batched products could make a near-tie go
-    the other way; count how often (on this checkpoint, never)."""
+    the other way: count how often (README: "Batched and alone")."""
     texts = prompts(64)
     inp = write_jsonl(tmp_path / "in.jsonl", [{"prompt": p} for p in texts])
     out = tmp_path / "out.jsonl"
@@ -116,48 +138,13 @@ def test_rows_match_generate_at_temperature_0(
         if (got["text"], got["completion_tokens"]) != (alone.text, alone.completion_tokens):
             differ.append(i)
     print(f"batched vs alone at -t 0: {len(differ)} of 64 rows differ")
-    assert not differ, differ
-    # ... and as the user types it: the CLI's own generate, on two of them
-    for i in (1, 40):
-        one = gpt2(
-            "generate",
-            "-m",
-            str(tiny_checkpoint),
-            "--device",
-            "cpu",
-            "--json",
-            "-t",
-            "0",
-            "-n",
-            "24",
-            texts[i - 1],
-        )
-        assert json.loads(one.stdout)["text"] == records[i]["text"]
-
-
-def test_a_rows_seed_repeats_it_with_generate(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    inp = write_jsonl(tmp_path / "in.jsonl", [{"prompt": p} for p in prompts(6)])
-    out = tmp_path / "out.jsonl"
-    assert batch(tiny_checkpoint, str(inp), "-o", str(out), "-n", "10", "-b", "3").returncode == 0
-    records = {r["id"]: r for r in read_jsonl(out)}
-    for i in (2, 5):
-        seed = records[i]["seed"]
-        one = gpt2(
-            "generate",
-            "-m",
-            str(tiny_checkpoint),
-            "--device",
-            "cpu",
-            "--json",
-            "-n",
-            "10",
-            "--seed",
-            str(seed),
-            prompts(6)[i - 1],
-        )
-        assert without_timing(json.loads(one.stdout)) == without_timing(
-            {k: v for k, v in records[i].items() if k != "id"}
-        )
+    assert len(differ) <= 2, differ  # measured: 0 of 64 here
+    # ... and as the user types it: the CLI's own generate
+    one = gpt2(
+        "generate", "-m", str(tiny_checkpoint), "--device", "cpu", "--json", "-t", "0", "-n", "24",
+        texts[39],
+    )  # fmt: skip
+    assert json.loads(one.stdout)["text"] == records[40]["text"]
 
 
 def test_result_does_not_depend_on_batch_size_or_workers(
@@ -208,8 +195,8 @@ def start_batch(ckpt: Path, *args: str) -> subprocess.Popen:
 
 
 def test_kill_9_then_resume_has_every_row_once(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    inp = write_jsonl(tmp_path / "in.jsonl", [{"prompt": p} for p in prompts(40, seed=2)])
-    args = ["-n", "60", "--ignore-eos", "-b", "2", "-s", "1"]
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"prompt": p} for p in prompts(24, seed=2)])
+    args = ["-n", "40", "--ignore-eos", "-b", "2", "-s", "1"]
     reference = tmp_path / "reference.jsonl"
     assert batch(tiny_checkpoint, str(inp), "-o", str(reference), *args).returncode == 0
 
@@ -219,20 +206,20 @@ def test_kill_9_then_resume_has_every_row_once(tiny_checkpoint: Path, tmp_path: 
     proc.kill()
     proc.wait()
     written = out.read_bytes().count(b"\n")
-    assert 4 <= written < 40
+    assert 4 <= written < 24
     with open(out, "ab") as f:  # as if the kill had come in the middle of a write
-        f.write(b'{"id": 39, "text": "half a li')
+        f.write(b'{"id": 23, "text": "half a li')
     again = batch(tiny_checkpoint, str(inp), "-o", str(out), *args)
     assert again.returncode == 0, again.stderr
-    assert f"resuming: {written} of 40 rows" in again.stderr
+    assert f"resuming: {written} of 24 rows" in again.stderr
     assert "dropped a torn last line" in again.stderr
     records = read_jsonl(out)
-    assert sorted(r["id"] for r in records) == list(range(1, 41))  # each row exactly once
+    assert sorted(r["id"] for r in records) == list(range(1, 25))  # each row exactly once
     assert by_id(records) == by_id(read_jsonl(reference))
 
     done = batch(tiny_checkpoint, str(inp), "-o", str(out), *args)
-    assert done.returncode == 0 and "all 40 rows of" in done.stderr
-    assert len(read_jsonl(out)) == 40
+    assert done.returncode == 0 and "all 24 rows of" in done.stderr
+    assert len(read_jsonl(out)) == 24
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -254,6 +241,8 @@ def test_ctrl_c_keeps_finished_rows_and_exits_130(
     assert data.endswith(b"\n")
     first = [json.loads(line)["id"] for line in data.decode().splitlines()]
     assert f"interrupted: {len(first)} of 40 rows" in err
+    if workers == "2":
+        return  # resuming is the same with worker processes
     again = batch(tiny_checkpoint, str(inp), "-o", str(out), *args)
     assert again.returncode == 0, again.stderr
     assert sorted(r["id"] for r in read_jsonl(out)) == list(range(1, 41))
@@ -319,20 +308,6 @@ def test_ray_without_ray_says_how_to_install_it(tmp_path: Path) -> None:
         env={"PYTHONPATH": str(fake.parent)},
     )
     assert_one_line_error(proc, 2, 'pip install "gpt2cli[ray]"')
-
-
-def test_progress_lines_off_a_terminal(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    long = "word " * 200  # longer than the tiny model's window: cut, with a warning
-    rows = [{"prompt": p} for p in prompts(10, seed=5)] + [{"prompt": long}]
-    inp = write_jsonl(tmp_path / "in.jsonl", rows)
-    proc = batch(tiny_checkpoint, str(inp), "-o", str(tmp_path / "o.jsonl"), "-n", "4", "-v")
-    assert proc.returncode == 0, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("batch: ")]
-    assert len(lines) == 11  # one per row for a small file (about 20 lines for a big one)
-    assert lines[-1].startswith("batch: 11/11 rows · ") and " tok/s · ETA " in lines[-1]
-    assert "\x1b" not in proc.stderr
-    assert "1 prompts were cut to fit" in proc.stderr
-    assert "model " in proc.stderr  # -v: which model, on what
 
 
 def test_progress_bar_on_a_terminal(tiny_checkpoint: Path, tmp_path: Path) -> None:
