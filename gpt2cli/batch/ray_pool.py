@@ -149,6 +149,7 @@ class RayPool:
         self.threads = threads or 1
         self.workers = workers or 0
         self.actors: list = []
+        self.note: str | None = None  # a warning for the user, once started
 
     def start(self) -> None:
         """Connect, start the actors, and wait until each has loaded the model."""
@@ -163,13 +164,22 @@ class RayPool:
             )
         except ConnectionError as exc:
             raise NoCluster(f"no Ray cluster found ({_first_line(exc)}); {START_HINT}") from None
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        self.workers = self.requested or max(1, cpus // self.threads)
+        resources = ray.cluster_resources()
+        gpus = 1 if self.options.device.lower().startswith("cuda") else 0
+        # Actors the cluster cannot place would wait for resources forever: start what fits.
+        fit = int(resources.get("CPU", 0)) // self.threads
+        if gpus:
+            fit = min(fit, int(resources.get("GPU", 0)))
+        if fit < 1:
+            what = "a GPU" if gpus else f"{self.threads} CPUs"
+            raise NoCluster(f"the Ray cluster at {self.address} has no room for a worker ({what})")
+        self.workers = min(self.requested or fit, fit)
+        if self.requested and self.requested > fit:
+            self.note = f"the Ray cluster has room for {fit} workers, not {self.requested}"
         folder = None
         model = Path(self.options.model).expanduser()
         if model.is_dir():  # a local folder: the same path on every node
             folder = str(model.resolve())
-        gpus = 1 if self.options.device.lower().startswith("cuda") else 0
         actor = ray.remote(num_cpus=self.threads, num_gpus=gpus, max_concurrency=4)(BatchActor)
         self.actors = [
             actor.remote(self.options, folder, self.batch_size, self.threads)

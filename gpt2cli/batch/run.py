@@ -33,6 +33,8 @@ class Pool(Protocol):
 class Progress(Protocol):
     def start(self) -> None: ...
 
+    def note(self, message: str) -> None: ...
+
     def advance(self, rows: int = 1, tokens: int = 0) -> None: ...
 
     def close(self) -> None: ...
@@ -92,6 +94,8 @@ def run_batch(
     try:
         pool.start()
         progress.start()
+        if getattr(pool, "note", None):
+            progress.note(f"gpt2: warning: {pool.note}")
         t0 = time.perf_counter()
         pool.run(jobs(), emit)
     except KeyboardInterrupt:
