@@ -4,6 +4,7 @@ on local worker processes or on a Ray cluster."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -15,10 +16,11 @@ from gpt2cli.errors import Interrupted, ParamError, UsageError
 from gpt2cli.types import GenerationConfig, LoadOptions, SamplingParams
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from gpt2cli.batch.output import Output
-    from gpt2cli.batch.rows import InputFile
+    from gpt2cli.batch.rows import InputFile, RowDefaults
     from gpt2cli.batch.run import Pool, Summary
-    from gpt2cli.ui.batch_progress import BatchProgress
 
 BATCH_PANEL = "Batch"
 DEFAULT_BATCH_SIZE = 16
@@ -194,15 +196,31 @@ def batch(
 
         import_ray()  # the install hint, before anything is read
     defaults = RowDefaults(params, config)
+    plan = _Plan(load, batch_size, workers, threads, ordered, ray, verbose)
     source, out = _open_files(input, output, format, defaults)
     try:
-        _run(source, out, defaults, load, batch_size, workers, threads, ordered, ray, verbose)
+        _run(source, out, defaults, plan)
     finally:
         out.close()
         source.close()
 
 
-def _open_files(input: str, output: str, format: str, defaults) -> tuple[InputFile, Output]:
+@dataclass(frozen=True)
+class _Plan:
+    """How the rows are to be decoded (the flags that are not the rows' defaults)."""
+
+    load: LoadOptions
+    batch_size: int
+    workers: int | None
+    threads: int | None
+    ordered: bool
+    ray: str | None  # None: not on Ray; "": RAY_ADDRESS, else auto
+    verbose: bool
+
+
+def _open_files(
+    input: str, output: str, format: str, defaults: RowDefaults
+) -> tuple[InputFile, Output]:
     """Scan INPUT (a bad file fails here, exit 2, before any model loads), then open OUTPUT
     (locked, torn line cut, ids already done)."""
     import os
@@ -222,18 +240,7 @@ def _open_files(input: str, output: str, format: str, defaults) -> tuple[InputFi
     return source, out
 
 
-def _run(
-    source: InputFile,
-    out: Output,
-    defaults,
-    load: LoadOptions,
-    batch_size: int,
-    workers: int | None,
-    threads: int | None,
-    ordered: bool,
-    ray: str | None,
-    verbose: bool,
-) -> None:
+def _run(source: InputFile, out: Output, defaults: RowDefaults, plan: _Plan) -> None:
     from gpt2cli import console
     from gpt2cli.batch.run import run_batch
     from gpt2cli.ui.batch_progress import BatchProgress
@@ -254,27 +261,30 @@ def _run(
         return
     if done:
         console.info(f"resuming: {done} of {source.count} rows are already in {out.name}", err)
-    pool = _make_pool(load, batch_size, workers, threads, ray, verbose, err)
+    pool = _make_pool(plan, err)
     progress = BatchProgress(source.count, done, console=err)
-    summary = run_batch(source, defaults, out, pool, progress, ordered)
-    _report(summary, source, out, progress, done, err)
+    summary = run_batch(source, defaults, out, pool, progress, plan.ordered)
+    _report(summary, source, out, done, err)
     if summary.interrupted:
         raise Interrupted
 
 
-def _make_pool(load, batch_size, workers, threads, ray, verbose, err) -> Pool:
+def _make_pool(plan: _Plan, err: Console) -> Pool:
+    """Ray actors; this process, with the model loaded now; or worker processes, with the
+    model downloaded now (with progress bars) and loaded by each worker."""
     from gpt2cli import console
 
-    if ray is not None:
+    load, batch_size, workers = plan.load, plan.batch_size, plan.workers
+    if plan.ray is not None:
         from gpt2cli.batch.ray_pool import RayPool
 
-        return RayPool(ray or None, load, batch_size, workers, threads)
+        return RayPool(plan.ray or None, load, batch_size, workers, plan.threads)
     if (workers or 1) == 1:
         from gpt2cli.batch.local import InProcessPool
         from gpt2cli.commands.open_model import open_model
 
         lm = open_model(load)
-        if verbose:
+        if plan.verbose:
             console.info(lm.describe(), err)
         return InProcessPool(lm, batch_size)
     from gpt2cli.batch.local import ProcessPool
@@ -284,13 +294,13 @@ def _make_pool(load, batch_size, workers, threads, ray, verbose, err) -> Pool:
     folder = resolve_model(
         load.model, revision=load.revision, offline=load.offline, progress=RichDownloadProgress
     )
-    pool = ProcessPool(folder, load, batch_size, workers or 1, threads)
-    if verbose:
+    pool = ProcessPool(folder, load, batch_size, workers, plan.threads)
+    if plan.verbose:
         console.info(f"{pool.workers} worker processes × {pool.threads} threads, {folder}", err)
     return pool
 
 
-def _report(summary: Summary, source, out, progress: BatchProgress, done: int, err) -> None:
+def _report(summary: Summary, source: InputFile, out: Output, done: int, err: Console) -> None:
     from gpt2cli import console
 
     total = done + summary.rows

@@ -66,10 +66,11 @@ class BatchProgress:
                 BarColumn(),
                 MofNCompleteColumn(),
                 TaskProgressColumn(),
-                TextColumn("{task.fields[rate]}"),
-                TextColumn("ETA"),
+                TextColumn("· {task.fields[rate]} · ETA"),
                 TimeRemainingColumn(),
+                TextColumn("·"),
                 TimeElapsedColumn(),
+                TextColumn("elapsed"),
                 console=self.console,
                 transient=False,
             )
