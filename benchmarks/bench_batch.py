@@ -5,8 +5,8 @@
     python benchmarks/bench_batch.py --agreement 64   # -t 0: batched rows vs generate alone
 
 At GPT-2 small's shape (a random checkpoint: speed does not depend on the weights), N prompts of
-mixed length (4 to ~200 tokens), each continued by exactly `--tokens` tokens (--ignore-eos),
-top-k 40, seeded:
+mixed length (4 to 200 tokens, about 100 on average), each continued by exactly `--tokens`
+tokens (--ignore-eos), top-k 40, seeded:
 
 1. anchor: the Python API in a loop, in this process, model loaded once and not timed
    (`complete(lm, prompt, ...)` per prompt: what a loop of `gpt2 generate` calls does, minus
@@ -39,12 +39,19 @@ WORDS = (
 ).split()
 
 
-def make_prompts(n: int) -> list[str]:
-    """n prompts of mixed length: 3 to ~200 words, deterministic."""
+def make_prompts(n: int, folder: Path) -> list[str]:
+    """n prompts of mixed length, deterministic: 4 to 200 tokens (about 100 on average) of the
+    checkpoint's tokenizer, made of common words."""
+    from gpt2cli.text.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_folder(folder)
     out = []
     for i in range(n):
-        length = 3 + (i * 53) % 198
-        out.append(" ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(length)))
+        target = 4 + (i * 53) % 197
+        words: list[str] = []
+        while len(tokenizer.encode(" ".join(words))) < target:
+            words.append(WORDS[(i * 7 + len(words) * 3) % len(WORDS)])
+        out.append(" ".join(words))
     return out
 
 
@@ -101,10 +108,12 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--sweep", action="store_true", help="gpt2 batch at several -b and -w")
     ap.add_argument("--agreement", type=int, metavar="N", help="N rows at -t 0, batched vs alone")
+    ap.add_argument("--threads", type=int, help="torch threads on every side (default: all cores)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    threads = ["--threads", str(args.threads)] if args.threads else []
     folder = args.checkpoint or checkpoint("small")
-    prompts = make_prompts(args.prompts)
+    prompts = make_prompts(args.prompts, folder)
     work = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     inp = work / "in.jsonl"
     inp.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
@@ -119,13 +128,13 @@ def main() -> None:
             ["-b", "32"],
             ["-b", "16", "-w", "2"],
         ):
-            wall, tokens = gpt2_batch(folder, inp, out, args.tokens, *extra)
+            wall, tokens = gpt2_batch(folder, inp, out, args.tokens, *extra, *threads)
             print(f"  gpt2 batch {' '.join(extra):10} {tokens / wall:8.1f} tok/s ({wall:.1f} s)")
         return
 
     from gpt2cli import load_model
 
-    lm = load_model(folder, device="cpu")
+    lm = load_model(folder, device="cpu", threads=args.threads)
     if args.agreement:
         differ = agreement(lm, prompts[: args.agreement], args.tokens, 16)
         print(f"-t 0, {args.tokens} tokens, batch 16: {differ} of {args.agreement} rows differ")
@@ -133,9 +142,10 @@ def main() -> None:
 
     api_wall, api_tokens = api_loop(lm, prompts, args.tokens)
     del lm
-    batch_wall, batch_tokens = gpt2_batch(folder, inp, out, args.tokens)
-    one_wall, one_tokens = gpt2_batch(folder, inp, out, args.tokens, "--batch-size", "1")
+    batch_wall, batch_tokens = gpt2_batch(folder, inp, out, args.tokens, *threads)
+    one_wall, one_tokens = gpt2_batch(folder, inp, out, args.tokens, "--batch-size", "1", *threads)
     r = {
+        "threads": args.threads or os.cpu_count(),
         "prompts": args.prompts,
         "tokens": args.tokens,
         "load_avg_1min_at_start": round(load, 2),
@@ -149,7 +159,10 @@ def main() -> None:
     if args.json:
         print(json.dumps(r))
         return
-    print(f"{args.prompts} prompts of mixed length, {args.tokens} tokens each, top-k 40, CPU")
+    print(
+        f"{args.prompts} prompts of mixed length, {args.tokens} tokens each, top-k 40, "
+        f"CPU, {r['threads']} threads"
+    )
     print(f"  API loop (this process):       {r['api_loop_tok_s']:8.1f} tok/s")
     print(f"  gpt2 batch (defaults):         {r['batch_tok_s']:8.1f} tok/s")
     print(f"  gpt2 batch --batch-size 1:     {r['batch_size_1_tok_s']:8.1f} tok/s")

@@ -166,7 +166,7 @@ def batch(
         typer.Option(
             "--ray",
             help="Run on a Ray cluster: at ADDRESS, else RAY_ADDRESS, else the local one "
-            '(auto). Needs pip install "gpt2cli[ray]".',
+            '(auto). Needs pip install "gpt2cli\\[ray]".',
             metavar="[ADDRESS]",
             show_default=False,
             rich_help_panel=BATCH_PANEL,
