@@ -9,3 +9,4 @@ echo "== 5. (peak RSS: printed by 1 and 2)"
 echo "== 6. cold start";                              python bench_startup.py
 echo "== 7. medium shape, float32 and bfloat16";      python bench_decode.py --shape medium --tokens 128
 python bench_decode.py --shape medium --tokens 128 --dtype bfloat16 --no-rss
+echo "== 8. gpt2 batch: 256 prompts, 64 tokens each"; python bench_batch.py

@@ -16,14 +16,16 @@ from typing import Any
 import typer
 
 from gpt2cli import __version__, console
-from gpt2cli.commands import cache, generate, options, repl, score
+from gpt2cli.commands import batch, cache, generate, options, repl, score
 from gpt2cli.errors import EXIT_CLOSED_PIPE, EXIT_INTERRUPTED, ClosedPipe, Interrupted, describe
 
-HELP = """Run OpenAI's GPT-2 locally: generate text, chat in a REPL, score text.
+HELP = """Run OpenAI's GPT-2 locally: generate text, chat in a REPL, score text, continue a file of
+prompts.
 
 [bold]Examples[/bold]
   gpt2 generate "The meaning of life is"
   echo "Once upon a time" | gpt2 generate -n 50 --json
+  gpt2 batch prompts.jsonl -o out.jsonl
   gpt2 generate --help
 """
 
@@ -90,7 +92,7 @@ def _root(
     """Run OpenAI's GPT-2 locally."""
 
 
-for _group in (generate, repl, score, cache):
+for _group in (generate, repl, score, batch, cache):
     _group.register(app)
 for _command in app.registered_commands:
     _command.callback = _guarded(_command.callback)
@@ -195,6 +197,7 @@ def run(argv: list[str] | None = None) -> int:
     """Run the app and return the exit status, turning known failures into one-line errors and
     the exit codes scripts expect: 1 error, 2 usage, 130 Ctrl-C, 141 on a closed pipe. With
     `--debug` (or GPT2_DEBUG=1) errors also show their traceback."""
+    argv = batch.expand_ray_flag(sys.argv[1:] if argv is None else list(argv))
     try:
         result = app(args=argv, prog_name="gpt2", standalone_mode=False)
     except ClickException as exc:

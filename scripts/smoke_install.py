@@ -5,10 +5,11 @@
 A fresh virtual environment gets `pip install torch==2.13.0`, then `pip install .` (not editable,
 no extras unless --extra names one), and that environment's `gpt2` runs on a tiny checkpoint
 built by the tests' own builder: generate (argument, piped stdin, --json, --context-shift),
-score (short and long texts), repl on piped stdin, a fine-tune's own files, download from a fake
-Hub on 127.0.0.1, then generate offline. Any runtime dependency that is imported but not declared
-fails here, which the test suite (installed with the test extras, which pull numpy and more)
-cannot see.
+score (short and long texts), repl on piped stdin, batch over a file of prompts (and, without
+the [ray] extra, `batch --ray` giving the install command), a fine-tune's own files, download
+from a fake Hub on 127.0.0.1, then generate offline. Any runtime dependency that is imported but
+not declared fails here, which the test suite (installed with the test extras, which pull numpy
+and more) cannot see.
 
 The checkpoint builder and the fake Hub run in *this* interpreter (which has the test extras);
 only the `gpt2` under test runs from the fresh environment.
@@ -88,7 +89,31 @@ def _ignored(folder: str, names: list[str]) -> set[str]:
     return {n for n in names if n in skip or n.endswith(".egg-info")}
 
 
-def check(venv: Path, home: Path) -> None:
+def check_batch(venv: Path, env: dict[str, str], home: Path, model: str, extra: str | None) -> None:
+    inp = home / "prompts.jsonl"
+    inp.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("Hello", "Once", "")))
+    out = home / "out.jsonl"
+    gpt2(venv, env, "batch", str(inp), "-o", str(out), "-m", model, "-n", "5")
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == [1, 2, 3], rows
+    assert all(r["completion_tokens"] >= 1 for r in rows), rows
+    if extra == "ray":
+        return
+    proc = subprocess.run(
+        [str(venv / "bin" / "gpt2"), "batch", str(inp), "-o", str(out), "--ray"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    hint = 'pip install "gpt2cli[ray]"'
+    if proc.returncode != 2 or hint not in proc.stderr or "Traceback" in proc.stderr:
+        sys.stderr.write(proc.stderr)
+        raise SystemExit("smoke: FAILED: gpt2 batch --ray without Ray must name the extra")
+    print(f"  gpt2 batch --ray (no ray) -> {proc.stderr.strip()!r}", flush=True)
+
+
+def check(venv: Path, home: Path, extra: str | None = None) -> None:
     from tests.support.checkpoints import build_checkpoint
     from tests.support.fakehub import FakeHub
 
@@ -128,6 +153,7 @@ def check(venv: Path, home: Path) -> None:
     assert record["finish_reason"] == "length" and record["context_shifts"] >= 2, record
     out = gpt2(venv, env, "repl", "-m", m, "-n", "5", stdin="Hello\n/set temperature 0\nWorld\n")
     assert len(out.stdout.strip().splitlines()) >= 1, "repl printed nothing"
+    check_batch(venv, env, home, m, extra)
 
     step("a fine-tune: untied head, added_tokens.json, generation_config.json defaults")
     ft = build_checkpoint(
@@ -186,7 +212,7 @@ def main() -> int:
     venv = args.venv or work / "venv"
     try:
         install(venv, args.extra)
-        check(venv, work / "home")
+        check(venv, work / "home", args.extra)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

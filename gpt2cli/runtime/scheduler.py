@@ -50,13 +50,17 @@ from gpt2cli.types import (
 @dataclass
 class Request:
     """A prompt to continue. `params.seed` must be set (the caller draws one when the user did
-    not); `dropped` is how many prompt tokens were cut to fit (reported in Start)."""
+    not); `dropped` is how many prompt tokens were cut to fit (reported in Start).
+    `first_sample`: the index of this request's first sample, for a row whose samples are split
+    over several requests (more samples than a batch holds): sample i draws from the generator
+    of sample `first_sample + i` of the seed, and its events carry that index."""
 
     prompt_ids: list[int]
     params: SamplingParams
     config: GenerationConfig = field(default_factory=GenerationConfig)
     key: Hashable = None
     dropped: int = 0
+    first_sample: int = 0
     submitted: float = field(default_factory=time.perf_counter)
 
     def __post_init__(self) -> None:
@@ -178,7 +182,8 @@ class Scheduler:
             n = request.config.samples
             start = Start(len(request.prompt_ids), request.dropped, request.params.seed or 0, n)
             out.append((request.key, start))
-            seqs = [_Sequence(request, i, row, self.lm) for i, row in enumerate(rows)]
+            first = request.first_sample
+            seqs = [_Sequence(request, first + i, row, self.lm) for i, row in enumerate(rows)]
             ids = torch.tensor(request.prompt_ids, device=self.lm.device)
             logits = self.stepper.prefill(rows[0], ids)
             self.logits[rows] = logits
