@@ -16,10 +16,10 @@ from typing import Any
 import typer
 
 from gpt2cli import __version__, console
-from gpt2cli.commands import cache, generate, options, repl, score
+from gpt2cli.commands import cache, generate, options, repl, score, serve
 from gpt2cli.errors import EXIT_CLOSED_PIPE, EXIT_INTERRUPTED, ClosedPipe, Interrupted, describe
 
-HELP = """Run OpenAI's GPT-2 locally: generate text, chat in a REPL, score text.
+HELP = """Run OpenAI's GPT-2 locally: generate text, chat in a REPL, score text, serve an API.
 
 [bold]Examples[/bold]
   gpt2 generate "The meaning of life is"
@@ -90,7 +90,7 @@ def _root(
     """Run OpenAI's GPT-2 locally."""
 
 
-for _group in (generate, repl, score, cache):
+for _group in (generate, repl, score, serve, cache):
     _group.register(app)
 for _command in app.registered_commands:
     _command.callback = _guarded(_command.callback)
