@@ -23,10 +23,18 @@ READY = re.compile(r"serving .* at (http://127\.0\.0\.1:\d+)/v1")
 
 
 class ServerProcess:
-    """A running `gpt2 serve --host 127.0.0.1 --port 0 ARGS`; stderr is collected in `lines`."""
+    """A running `gpt2 serve --host 127.0.0.1 --port 0 ARGS` (`argv0`: that `gpt2`, else the
+    installed one); stderr is collected in `lines`."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120):
-        argv = gpt2_argv("serve", "--host", "127.0.0.1", "--port", "0", *args)
+    def __init__(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        timeout: float = 120,
+        argv0: str | None = None,
+    ) -> None:
+        serve = ("serve", "--host", "127.0.0.1", "--port", "0", *args)
+        argv = [argv0, *serve] if argv0 else gpt2_argv(*serve)
         self.proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
