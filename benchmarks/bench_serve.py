@@ -7,10 +7,17 @@ side with llama.cpp's server (llama-cpp-python's `llama_cpp.server`) on the same
 Each client sends `--rounds` streamed requests one after the other (a ~25-token prompt, exactly
 `--tokens` tokens: `ignore_eos` for ours, an <|endoftext|> logit bias of -100 for llama.cpp),
 top-k 40, temperature 1, all clients starting together. Reported per run: total tokens/s (all
-tokens / wall time from the start to the last token), time to first token p50/p95 over every
-request, and each stream's own decode rate. The two servers run one configuration after the
-other (ours, then llama.cpp, for each client count), both with `--threads` threads, so drift in
-this shared machine's load hits both alike.
+tokens / wall time from the start to the last token); time to first token under that load,
+p50/p95: the latency of a short 1-token request sent every `--probe-every` seconds while the
+clients decode; the first streamed text of the clients' own requests (p50); and the request
+latency (p50). The two servers run one configuration after the other (ours, then llama.cpp,
+for each client count), both with `--threads` threads, so drift in this shared machine's load
+hits both alike.
+
+Why a probe: llama-cpp-python streams a token's text only once the text so far decodes as
+UTF-8, and a random-weight model emits invalid byte sequences all the time, so its streams
+hold everything back to the end; a 1-token request's latency is the same measure on both
+sides. (Ours replaces invalid bytes with U+FFFD, as `decode` does, and never holds text back.)
 
 Then a consistency check on ours: 16 seeded requests decoded together, then each alone; how
 many come out identical (batched products round differently from unbatched ones, and a sample
@@ -109,10 +116,13 @@ class Server:
         return text
 
 
-def run_clients(server: Server, clients: int, rounds: int, tokens: int) -> dict:
-    """`clients` threads, each streaming `rounds` requests back to back, started together."""
+def run_clients(server: Server, clients: int, rounds: int, tokens: int, probe_every: float) -> dict:
+    """`clients` threads, each streaming `rounds` requests back to back, started together; and
+    every `probe_every` seconds while they run, a short 1-token request whose latency is the
+    time to first token of a request that arrives under that load."""
     barrier = threading.Barrier(clients + 1)
     results: list[dict] = []
+    probes: list[float] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
 
@@ -120,30 +130,49 @@ def run_clients(server: Server, clients: int, rounds: int, tokens: int) -> dict:
         barrier.wait()
         try:
             for r in range(rounds):
+                sent = time.perf_counter()
                 got = server.stream(prompt_for(c, r), tokens, seed=1000 * c + r)
                 with lock:
-                    results.append(got)
+                    results.append(got | {"latency": got["end"] - sent})
         except BaseException as exc:  # report it from the main thread
             errors.append(exc)
+
+    def probe(k: int) -> None:
+        sent = time.perf_counter()
+        server.complete(f"Probe {k}:", 1, seed=k)
+        with lock:
+            probes.append(time.perf_counter() - sent)
 
     threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
     for t in threads:
         t.start()
     barrier.wait()
     start = time.perf_counter()
-    for t in threads:
+    probers: list[threading.Thread] = []
+    while True:
+        due = start + probe_every * (len(probers) + 1)
+        for t in threads:
+            t.join(max(0.0, due - time.perf_counter()))
+        if not any(t.is_alive() for t in threads):
+            break
+        if time.perf_counter() >= due:
+            probers.append(threading.Thread(target=probe, args=(len(probers),)))
+            probers[-1].start()
+    for t in probers:
         t.join()
     if errors:
         raise errors[0]
     wall = max(r["end"] for r in results) - start
-    ttfts = sorted(r["ttft"] for r in results)
+    probes.sort()
     return {
         "clients": clients,
         "requests": len(results),
         "tok_s": sum(r["tokens"] for r in results) / wall,
-        "ttft_p50": statistics.median(ttfts),
-        "ttft_p95": ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))],
-        "stream_tok_s": statistics.mean((r["tokens"] - 1) / r["decode_s"] for r in results),
+        "ttft_p50": statistics.median(probes) if probes else float("nan"),
+        "ttft_p95": probes[round(0.95 * (len(probes) - 1))] if probes else float("nan"),
+        "probes": len(probes),
+        "first_text_p50": statistics.median(r["ttft"] for r in results),
+        "latency_p50": statistics.median(r["latency"] for r in results),
         "wall_s": wall,
     }
 
@@ -244,12 +273,13 @@ def consistency(server: Server, n: int, tokens: int) -> tuple[int, int]:
 
 
 def show(result: dict, name: str, base: float | None) -> None:
-    ratio = f"  ({result['tok_s'] / base:.2f}x its 1 client)" if base else ""
+    ratio = f" ({result['tok_s'] / base:.2f}x its 1 client)" if base else ""
     print(
-        f"{name:10s} {result['clients']:3d} clients: {result['tok_s']:7.1f} tok/s total{ratio}; "
-        f"TTFT p50 {result['ttft_p50'] * 1000:6.0f} ms, p95 {result['ttft_p95'] * 1000:6.0f} ms; "
-        f"{result['stream_tok_s']:5.1f} tok/s per stream ({result['requests']} requests, "
-        f"{result['wall_s']:.1f} s)",
+        f"{name:9s} {result['clients']:2d} clients: {result['tok_s']:6.1f} tok/s total{ratio}; "
+        f"TTFT p50 {result['ttft_p50']:.2f} s, p95 {result['ttft_p95']:.2f} s "
+        f"({result['probes']} probes); first text p50 {result['first_text_p50']:.2f} s; "
+        f"request p50 {result['latency_p50']:.1f} s ({result['requests']} requests, "
+        f"{result['wall_s']:.0f} s)",
         flush=True,
     )
 
@@ -263,6 +293,7 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--probe-every", type=float, default=5.0, metavar="SECONDS")
     parser.add_argument("--no-llama", action="store_true", help="ours only")
     args = parser.parse_args()
     checkpoint = args.checkpoint or common.checkpoint("small")
@@ -289,7 +320,7 @@ def main() -> int:
         for clients in args.clients:
             rates = []
             for server in servers:
-                result = run_clients(server, clients, args.rounds, args.tokens)
+                result = run_clients(server, clients, args.rounds, args.tokens, args.probe_every)
                 show(result, server.name, base.get(server.name))
                 base.setdefault(server.name, result["tok_s"])
                 rates.append(result["tok_s"])

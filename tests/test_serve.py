@@ -300,6 +300,7 @@ BAD_REQUESTS = [
     ({"prompt": []}, 400, "prompt"),
     ({"prompt": [1, 2, 10**6]}, 400, "prompt"),
     ({"prompt": ["a", 1]}, 400, "prompt"),
+    ({"prompt": ["a"] * 65}, 400, "prompt"),  # more prompts than --max-queue 64
     ({"model": "gpt-3.5-turbo-instruct"}, 404, "model"),
 ]
 

@@ -3,13 +3,14 @@
     protocol.py   the request body, checked field by field (torch-free), and OpenAI's error object
     choices.py    events -> OpenAI's `choices` (text, legacy logprobs, finish_reason)
     engine.py     the scheduler on its own thread, handing events to the request handlers
-    app.py        the Starlette app: routes, API key, errors, streaming
+    app.py        the Starlette app: routes, API key, errors, requests checked and submitted
+    responses.py  a plain response's choices, or a stream of server-sent events
     network.py    the listening socket (bound before the model loads), loopback or not
     server.py     uvicorn on that socket, Ctrl-C, the ready line
 
 Nothing here knows about Rich or Typer (commands/serve.py is the command); the web stack
-(Starlette, uvicorn) is the optional extra `gpt2cli[serve]` and is imported by app.py and
-server.py only (`missing_extra` checks for them without the command importing them).
+(Starlette, uvicorn) is the optional extra `gpt2cli[serve]`, imported by app.py, responses.py
+and server.py only (`missing_extra` checks for it without the command importing it).
 """
 
 from __future__ import annotations

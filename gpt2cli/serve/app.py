@@ -29,16 +29,15 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request as HttpRequest
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
 from gpt2cli.runtime.scheduler import Request
 from gpt2cli.runtime.scoring import prompt_logprobs
 from gpt2cli.serve.choices import Choice
-from gpt2cli.serve.engine import Engine, Failed
+from gpt2cli.serve.engine import Engine
 from gpt2cli.serve.protocol import ApiError, CompletionParams, Prompt, bad, parse_completion_request
-from gpt2cli.types import Delta, Finish
+from gpt2cli.serve.responses import EventStream, collect, put, stream, usage, wait_for_disconnect
 
 log = logging.getLogger("gpt2cli.serve")
 
@@ -77,31 +76,6 @@ def _api(handler: Callable[[HttpRequest], Awaitable[Response]]):
             return _error_response(ApiError(500, "internal server error", type="server_error"))
 
     return wrapped
-
-
-class EventStream(StreamingResponse):
-    """A server-sent-event response that runs `on_close` however it ends: finished, failed, or
-    cut short by the client (Starlette cancels the body when the client disconnects)."""
-
-    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None]) -> None:
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        super().__init__(content, media_type="text/event-stream", headers=headers)
-        self.on_close = on_close
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.on_close()
-
-
-def _sse(data: dict[str, Any]) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
-
-
-async def _wait_for_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
 
 
 def create_app(
@@ -204,6 +178,8 @@ def create_app(
         body = await read_json(request)
         job = parse_completion_request(body, vocab_size=vocab_size, max_batch=engine.max_batch)
         check_model(body.get("model"))
+        if len(job.prompts) > engine.max_queue:
+            raise bad("prompt", f"at most {engine.max_queue} prompts per request (--max-queue)")
         prompts = [prepare(p, job.max_tokens) for p in job.prompts]
         scores: list[Any] = [None] * len(prompts)
         if job.echo and job.logprobs is not None:
@@ -246,12 +222,12 @@ def create_app(
             "created": int(time.time()),
             "model": model_id,
         }
-        usage_of = functools.partial(_usage, sum(len(p.ids) for p in prompts), choices)
+        usage_of = functools.partial(usage, sum(len(p.ids) for p in prompts), choices)
         if job.stream:
-            stream = _stream(head, job, choices, events, usage_of)
-            return EventStream(stream, lambda: [engine.cancel(k) for k in keys])
-        watcher = asyncio.ensure_future(_wait_for_disconnect(request.receive))
-        collector = asyncio.ensure_future(_collect(job, choices, events))
+            events_out = stream(head, job, choices, events, usage_of)
+            return EventStream(events_out, lambda: [engine.cancel(k) for k in keys])
+        watcher = asyncio.ensure_future(wait_for_disconnect(request.receive))
+        collector = asyncio.ensure_future(collect(job, choices, events))
         try:
             await asyncio.wait({watcher, collector}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -275,7 +251,7 @@ def create_app(
             key = engine.new_key()
             engine.submit(
                 Request(prompt.ids, params, config, key=key),
-                functools.partial(_put, events, i),
+                functools.partial(put, events, i),
             )
             keys.append(key)
         return keys
@@ -307,76 +283,3 @@ def create_app(
     return Starlette(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
     )
-
-
-def _put(events: asyncio.Queue, prompt: int, event: Any) -> None:
-    events.put_nowait((prompt, event))
-
-
-def _usage(prompt_tokens: int, choices: list[Choice]) -> dict[str, int]:
-    completion_tokens = sum(c.completion_tokens for c in choices)
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-
-
-async def _collect(job: CompletionParams, choices: list[Choice], events: asyncio.Queue) -> None:
-    """Feed the events of every prompt into their choices until all have finished."""
-    remaining = sum(c.finish_reason is None for c in choices)
-    while remaining:
-        prompt, event = await events.get()
-        if isinstance(event, Failed):
-            raise ApiError(event.status, event.message, type="server_error")
-        if isinstance(event, Delta):
-            choices[prompt * job.n + event.sample].delta(event)
-        elif isinstance(event, Finish):
-            choices[prompt * job.n + event.sample].finish(event.completion)
-            remaining -= 1
-
-
-async def _stream(
-    head: dict[str, Any],
-    job: CompletionParams,
-    choices: list[Choice],
-    events: asyncio.Queue,
-    usage: Callable[[], dict[str, int]],
-) -> AsyncIterator[str]:
-    """Server-sent events: the echoed prompts, then each token's text as it becomes whole
-    (a UTF-8 character is never split), a last piece per choice with its finish_reason, the
-    usage if asked for, and `data: [DONE]`."""
-    extra = {"usage": None} if job.include_usage else {}
-
-    def frame(piece: dict[str, Any]) -> str:
-        return _sse(head | {"choices": [piece]} | extra)
-
-    if job.echo:
-        for choice in choices:
-            piece = choice.chunk(choice.echo_text)
-            if piece["text"] or piece["logprobs"]:
-                yield frame(piece)
-    remaining = 0
-    for choice in choices:
-        if choice.finish_reason is not None:  # max_tokens 0
-            yield frame(choice.chunk("", choice.finish_reason))
-        else:
-            remaining += 1
-    while remaining:
-        prompt, event = await events.get()
-        if isinstance(event, Failed):
-            yield _sse(ApiError(event.status, event.message, type="server_error").body())
-            return
-        if isinstance(event, Delta):
-            choice = choices[prompt * job.n + event.sample]
-            choice.delta(event)
-            if event.text or (choice.logprobs is not None and event.token_id is not None):
-                yield frame(choice.chunk(event.text))
-        elif isinstance(event, Finish):
-            choice = choices[prompt * job.n + event.sample]
-            choice.finish(event.completion)
-            yield frame(choice.chunk("", choice.finish_reason))
-            remaining -= 1
-    if job.include_usage:
-        yield _sse(head | {"choices": [], "usage": usage()})
-    yield "data: [DONE]\n\n"

@@ -1,5 +1,6 @@
-"""The listening socket, bound before the model loads (a port in use fails at once, without
-the web stack imported), and what the address means."""
+"""The server's socket, bound before the model loads (a port in use fails at once, without the
+web stack imported) but listening only once the server runs (a client that comes while the
+model loads is refused, not left hanging), and what the address means."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def is_loopback(host: str) -> bool:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on (host, port); Gpt2Error saying why not."""
+    """A TCP socket bound to (host, port), not yet listening; Gpt2Error saying why not."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -31,11 +32,9 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-        sock.listen(2048)
     except OSError as exc:
         sock.close()
         raise Gpt2Error(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    sock.set_inheritable(True)
     return sock
 
 
