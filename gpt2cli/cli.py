@@ -16,11 +16,11 @@ from typing import Any
 import typer
 
 from gpt2cli import __version__, console
-from gpt2cli.commands import batch, cache, generate, options, repl, score
+from gpt2cli.commands import batch, cache, generate, options, repl, score, serve
 from gpt2cli.errors import EXIT_CLOSED_PIPE, EXIT_INTERRUPTED, ClosedPipe, Interrupted, describe
 
 HELP = """Run OpenAI's GPT-2 locally: generate text, chat in a REPL, score text, continue a file of
-prompts.
+prompts, serve an API.
 
 [bold]Examples[/bold]
   gpt2 generate "The meaning of life is"
@@ -92,7 +92,7 @@ def _root(
     """Run OpenAI's GPT-2 locally."""
 
 
-for _group in (generate, repl, score, batch, cache):
+for _group in (generate, repl, score, batch, serve, cache):
     _group.register(app)
 for _command in app.registered_commands:
     _command.callback = _guarded(_command.callback)

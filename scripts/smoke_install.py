@@ -7,9 +7,11 @@ no extras unless --extra names one), and that environment's `gpt2` runs on a tin
 built by the tests' own builder: generate (argument, piped stdin, --json, --context-shift),
 score (short and long texts), repl on piped stdin, batch over a file of prompts (and, without
 the [ray] extra, `batch --ray` giving the install command), a fine-tune's own files, download
-from a fake Hub on 127.0.0.1, then generate offline. Any runtime dependency that is imported but
-not declared fails here, which the test suite (installed with the test extras, which pull numpy
-and more) cannot see.
+from a fake Hub on 127.0.0.1, then generate offline. Then `gpt2 serve`: without the serve extra
+it must give the install hint; the extra is then added (`pip install ".[serve]"`, as a user
+would) and the server must answer /health and a completion on 127.0.0.1. Any runtime dependency
+that is imported but not declared fails here, which the test suite (installed with the test
+extras, which pull numpy and more) cannot see.
 
 The checkpoint builder and the fake Hub run in *this* interpreter (which has the test extras);
 only the `gpt2` under test runs from the fresh environment.
@@ -69,13 +71,14 @@ def gpt2(
     return proc
 
 
-def install(venv: Path, extra: str | None) -> None:
-    step(f"fresh virtualenv in {venv}")
-    run([sys.executable, "-m", "venv", str(venv)])
+def install(venv: Path, extra: str | None, fresh: bool = True) -> None:
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
-    run([*pip, "--upgrade", "pip"])
-    step(f"pip install {TORCH}")
-    run([*pip, TORCH])
+    if fresh:
+        step(f"fresh virtualenv in {venv}")
+        run([sys.executable, "-m", "venv", str(venv)])
+        run([*pip, "--upgrade", "pip"])
+        step(f"pip install {TORCH}")
+        run([*pip, TORCH])
     target = f".[{extra}]" if extra else "."
     step(f"pip install {target} (not editable)")
     # A copy of the tree, so that no build/ or egg-info of the checkout is reused.
@@ -113,21 +116,64 @@ def check_batch(venv: Path, env: dict[str, str], home: Path, model: str, extra: 
     print(f"  gpt2 batch --ray (no ray) -> {proc.stderr.strip()!r}", flush=True)
 
 
+def environment(home: Path, venv: Path) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("HF_", "PYTHON", "VIRTUAL_ENV"))
+    }
+    return env | {
+        "HF_HOME": str(home / "hf"),
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "GPT2_NO_HISTORY": "1",
+        "NO_PROXY": "127.0.0.1,localhost",
+        "PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '')}",
+    }
+
+
+def check_serve_hint(venv: Path, home: Path) -> None:
+    """Without the extra, `gpt2 serve` says how to install it (exit 1, one line)."""
+    step("gpt2 serve without the serve extra")
+    proc = subprocess.run(
+        [str(venv / "bin" / "gpt2"), "serve", "-m", str(home / "tiny")],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=environment(home, venv),
+        timeout=300,
+    )
+    hint = 'pip install "gpt2cli[serve]"'
+    if proc.returncode != 1 or hint not in proc.stderr or "Traceback" in proc.stderr:
+        sys.stderr.write(proc.stderr)
+        raise SystemExit(f"smoke: FAILED: gpt2 serve without the extra exited {proc.returncode}")
+    print(f"  gpt2 serve -> {proc.stderr.strip()!r}", flush=True)
+
+
+def check_serve(venv: Path, home: Path) -> None:
+    """With the extra: the server answers /health and a completion, and Ctrl-C stops it."""
+    from tests.support.server import ServerProcess, request
+
+    step("gpt2 serve with the serve extra, on 127.0.0.1")
+    env = environment(home, venv)
+    argv0 = str(venv / "bin" / "gpt2")
+    with ServerProcess("-m", str(home / "tiny"), env=env, argv0=argv0) as server:
+        status, health = request(server.url + "/health")
+        assert status == 200 and health["status"] == "ok", health
+        status, done = request(server.url + "/v1/completions", {"prompt": "Hi", "max_tokens": 4})
+        assert status == 200 and done["object"] == "text_completion", done
+        print(f"  /health -> {health}", flush=True)
+        print(f"  /v1/completions -> {done['choices'][0]['text']!r}", flush=True)
+        code = server.stop()
+        if code != 130 or "Traceback" in server.stderr:
+            sys.stderr.write(server.stderr)
+            raise SystemExit(f"smoke: FAILED: gpt2 serve exited {code} on Ctrl-C")
+
+
 def check(venv: Path, home: Path, extra: str | None = None) -> None:
     from tests.support.checkpoints import build_checkpoint
     from tests.support.fakehub import FakeHub
 
     ckpt = build_checkpoint(home / "tiny", layout="hub")
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("HF_", "PYTHON", "VIRTUAL_ENV"))
-    }
-    env |= {
-        "HF_HOME": str(home / "hf"),
-        "HF_ENDPOINT": "http://127.0.0.1:9",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "GPT2_NO_HISTORY": "1",
-        "PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '')}",
-    }
+    env = environment(home, venv)
     m = str(ckpt)
     step("the installed gpt2, from outside the checkout")
     gpt2(venv, env, "--version")
@@ -213,6 +259,10 @@ def main() -> int:
     try:
         install(venv, args.extra)
         check(venv, work / "home", args.extra)
+        if args.extra != "serve":
+            check_serve_hint(venv, work / "home")
+            install(venv, "serve", fresh=False)
+        check_serve(venv, work / "home")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

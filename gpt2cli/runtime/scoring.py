@@ -265,3 +265,25 @@ def _step(
         rank = int((probs > probs[chosen_id]).sum()) + 1
     top = torch.topk(probs, min(top_n, vocab)).indices.tolist()
     return CandidateStep(i, [candidate(t) for t in top], chosen, rank, kept, cut)
+
+
+def prompt_logprobs(
+    lm: LoadedModel, ids: Sequence[int], top_n: int = 0
+) -> list[tuple[float | None, tuple[tuple[int, float], ...] | None]]:
+    """For each of `ids` (at most a window's worth): its log-probability given the tokens before
+    it and the `top_n` likeliest tokens at that place, as (id, logprob) best first; (None, None)
+    for the first token, which nothing predicts. One forward pass (the server's echoed prompts)."""
+    if len(ids) > lm.context_length:
+        raise ValueError("more tokens than fit in the window")
+    out: list[tuple[float | None, tuple[tuple[int, float], ...] | None]] = [(None, None)]
+    if len(ids) < 2:
+        return out[: len(ids)]
+    all_ids = torch.tensor([list(ids)], device=lm.device)
+    logits = lm.model(all_ids, lm.model.new_cache(1), all_logits=True)[0, :-1]
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    picked = logp.gather(-1, all_ids[0, 1:, None]).squeeze(-1).tolist()
+    tops: list[tuple[tuple[int, float], ...] | None] = [()] * len(picked)
+    if top_n:
+        values, indices = torch.topk(logp, top_n, dim=-1)
+        tops = [tuple(zip(i, v)) for i, v in zip(indices.tolist(), values.tolist())]
+    return out + list(zip(picked, tops))
