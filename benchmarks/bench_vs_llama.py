@@ -11,10 +11,11 @@ time to the first token of a --prefill-tokens prompt (same token ids on both sid
 runs ours then llama.cpp (in a fresh worker process, after a warm-up); medians over rounds.
 The ratio is ours / llama.cpp speed: above 1, gpt2cli is faster.
 
-Threads: "default" is each side's own choice (gpt2cli: torch's, all cores; llama-cpp-python:
-cores // 2 for decode, all cores for prompt batches). --threads N,M also measures both sides at
-N and M threads each and reports each side's best. --load starts (cores - 1) `yes > /dev/null`
-busy processes for the whole run and sweeps 1..cores threads.
+Threads: "default" is each side's own choice (gpt2cli: the idle cores when the model loads,
+runtime/threads.py; llama-cpp-python: cores // 2 for decode, all cores for prompt batches).
+--threads N,M also measures both sides at N and M threads each and reports each side's best.
+--load starts (cores - 1) `yes > /dev/null` busy processes for the whole run and sweeps
+1..cores threads.
 
 The first run builds llama-cpp-python (15-30 minutes) and converts the checkpoints to GGUF; see
 llama_anchor.py. Without llama.cpp the rows still show our side.
@@ -87,6 +88,12 @@ def load_ours(folder: Path, dtype: str, threads: int):
         return None, f"not supported by this gpt2cli ({e})"
 
 
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def ours_complete(lm, text: str, tokens: int):
     """One gpt2cli completion of `text`: top-k 40, temperature 1, exactly `tokens` tokens."""
     from gpt2cli import SamplingParams, complete
@@ -127,7 +134,7 @@ def measure(args, shape: str, dtype: str, outtype: str, threads: int | None) -> 
     """One (shape, dtype, threads) pair: ours and llama.cpp, decode (and prefill) rows."""
     folder = llama_anchor.checkpoint(shape)
     model = llama_anchor.gguf(shape, outtype)
-    lm, why = load_ours(folder, dtype, threads or args.default_threads)
+    lm, why = load_ours(folder, dtype, threads)  # None: gpt2cli's own choice
     prefill = dtype in args.prefill_dtypes
     prompts = prompt_ids(folder, None), prompt_ids(folder, args.prefill_tokens)
     if lm is not None:  # warm-up: the first runs of a process are slower
@@ -136,7 +143,7 @@ def measure(args, shape: str, dtype: str, outtype: str, threads: int | None) -> 
             ours_prefill(lm, *prompts[1])
     runs, info = alternate(args, lm, model, prompts, threads, prefill)
     base = {"shape": shape, "dtype": dtype, "gguf": outtype.upper(), "threads": threads}
-    base |= {"ours_threads": threads or args.default_threads, "ours_note": why}
+    base |= {"ours_threads": threads or (lm and torch_threads()), "ours_note": why}
     base |= {"llama_threads": info and f"{info['n_threads']} (batch {info['n_threads_batch']})"}
     base |= {"llama_system_info": info and info["system_info"], "loadavg": runs.pop("load")}
     rows = [row(base, "decode", runs["ours_decode"], runs["llama_decode"], True)]
@@ -264,8 +271,20 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def run(args) -> list[dict]:
-    """Every (shape, dtype, threads) row, in order."""
+def save(path: str | None, header: dict, rows: list[dict]) -> None:
+    """Write the results as JSON to `path` ('-': stdout; None: nowhere)."""
+    if not path:
+        return
+    text = json.dumps({"setup": header, "rows": rows, "best": best(rows)}, indent=1)
+    if path == "-":
+        print(text)
+    else:
+        Path(path).write_text(text + "\n")
+
+
+def run(args, header: dict) -> list[dict]:
+    """Every (shape, dtype, threads) row, in order; each row is printed (stderr) when done and
+    the JSON file rewritten, so a long run that is stopped still leaves its results."""
     rows = []
     for shape in args.shapes:
         for dtype, outtype in PAIRS:
@@ -274,28 +293,27 @@ def run(args) -> list[dict]:
             for threads in [None, *args.sweep]:
                 what = f"{shape} {dtype}/{outtype}, threads {threads or 'default'}"
                 print(f"{what} (load {loadavg()}) ...", file=sys.stderr)
-                rows += measure(args, shape, dtype, outtype, threads)
+                new = measure(args, shape, dtype, outtype, threads)
+                print(table(new).split("\n", 2)[2], file=sys.stderr)
+                rows += new
+                if args.json != "-":
+                    save(args.json, header | {"partial": True}, rows)
     return rows
 
 
 def main() -> None:
     args = parse_args()
-    import torch
+    from gpt2cli.runtime.threads import configure_openmp
 
-    args.default_threads = torch.get_num_threads()  # gpt2cli's default: torch's choice
+    configure_openmp()  # as the CLI does, before torch is imported (its default threads)
     header = {"cpu": cpu_model(), "cores": os.cpu_count(), "load_start": loadavg()}
     header |= {"busy_processes": (os.cpu_count() or 1) - 1 if args.load else 0}
     header |= {k: getattr(args, k) for k in ("rounds", "tokens", "prefill_tokens")}
     t = time.perf_counter()
     with busy_load(header["busy_processes"]) if args.load else contextlib.nullcontext():
-        rows = run(args)
+        rows = run(args, header)
     header |= {"load_end": loadavg(), "wall_s": round(time.perf_counter() - t, 1)}
-    if args.json:
-        text = json.dumps({"setup": header, "rows": rows, "best": best(rows)}, indent=1)
-        if args.json == "-":
-            print(text)
-        else:
-            Path(args.json).write_text(text + "\n")
+    save(args.json, header, rows)
     print(
         f"\n{header['cpu']}, {header['cores']} cores, {header['busy_processes']} busy processes, "
         f"load {header['load_start']} -> {header['load_end']}, medians of {args.rounds} rounds, "

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from gpt2cli.errors import ParamError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")  # plus cuda:N
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
 MAX_SAMPLES = 64
 
 

@@ -33,6 +33,9 @@ def check_model(options: LoadOptions) -> LoadOptions:
 
 def open_model(options: LoadOptions) -> LoadedModel:
     """The LoadedModel `options` name (downloading it first when needed)."""
+    from gpt2cli.runtime.threads import configure_openmp
+
+    configure_openmp(options.threads)  # before torch is imported
     from gpt2cli.hub.fetch import resolve_model
     from gpt2cli.ui.downloads import RichDownloadProgress
     from gpt2cli.ui.loading import loading

@@ -70,7 +70,10 @@ Dtype = Annotated[
     str,
     typer.Option(
         "--dtype",
-        help="auto (bfloat16 on a GPU that supports it, else float32), float32, bfloat16, float16.",
+        help=(
+            "auto (bfloat16 on a GPU that supports it, else float32), float32, bfloat16, "
+            "float16, or int8 (CPU: weights quantized at load, fastest, close to float32)."
+        ),
         autocompletion=_complete_from(DTYPES),
         rich_help_panel=MODEL_PANEL,
     ),

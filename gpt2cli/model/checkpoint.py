@@ -18,7 +18,15 @@ from torch import nn
 from gpt2cli.errors import CheckpointError
 from gpt2cli.model.config import GPT2Config, read_config, weight_files
 from gpt2cli.model.gpt2 import GPT2
-from gpt2cli.model.linear import Layout, Linear, choose_layout
+from gpt2cli.model.linear import (
+    BlockedHead,
+    Fp16Matrix,
+    Int8Matrix,
+    Layout,
+    Linear,
+    choose_layout,
+    quantize_rows,
+)
 from gpt2cli.model.tensorfile import TensorFile, TensorFileError, TensorInfo
 
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
@@ -149,17 +157,22 @@ def load_checkpoint(
         raise CheckpointError(f"checkpoint lacks tensor {missing[0]!r}{more}")
 
     layout = layout or choose_layout(device, dtype)
+    if layout.quantized:  # fbgemm packs the weights; everything else computes in float32
+        dtype = torch.float32
     with torch.device("meta"):
         model = GPT2(cfg, layout)
     # Prepacked (oneDNN) weights are copies: read and transpose those through two reused
     # buffers, so freed temporaries do not pile up in the C heap and inflate resident memory.
     scratch = scratch_t = None
-    if layout.linear == "onednn":
+    if layout.linear == "onednn" or layout.quantized:
         linear = [i for n, (_, i) in tensors.items() if n.startswith("h.") and len(i.shape) == 2]
         scratch = torch.empty(max(i.nbytes for i in linear), dtype=torch.uint8)
         scratch_t = torch.empty(max(math.prod(i.shape) for i in linear), dtype=dtype)
     try:
         for name, (tf, info) in tensors.items():
+            if layout.quantized and name in ("wte.weight", "lm_head.weight"):
+                _load_quantized_embedding(model, name, tf, info, layout, scratch_t)
+                continue
             head = name.removesuffix(".weight") + "_t"
             if head == model.head_name:  # the output head, stored (d, vocab)
                 out = torch.empty(info.shape[::-1], dtype=dtype)
@@ -188,3 +201,43 @@ def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
     module_name, _, attr = name.rpartition(".")
     module = model.get_submodule(module_name) if module_name else model
     setattr(module, attr, nn.Parameter(tensor, requires_grad=False))
+
+
+def _load_quantized_embedding(
+    model: GPT2,
+    name: str,
+    tf: TensorFile,
+    info: TensorInfo,
+    layout: Layout,
+    scratch: torch.Tensor | None,
+) -> None:
+    """The embedding (and tied head) or the untied head of a quantized layout, read a block of
+    rows at a time through `scratch` (float32), so no float32 copy of the whole (vocab, d)
+    matrix is ever held; a 16-bit head is packed a block at a time too."""
+    vocab, d = info.shape
+    int8 = layout.linear == "int8"
+    keep = name == "wte.weight"  # looked up by token id; an untied lm_head only multiplies
+    rows = torch.empty(vocab, d, dtype=torch.int8 if int8 else _16BIT[layout.round_bf16])
+    scale = torch.empty(vocab) if int8 else None
+    blocks: list[Fp16Matrix] = []
+    step = 4096 if scratch is None else max(1, scratch.numel() // d)
+    for r0 in range(0, vocab, step):
+        r1 = min(vocab, r0 + step)
+        block = tf.read_rows(info.name, r0, r1)
+        if scratch is not None:
+            block = scratch[: (r1 - r0) * d].view(r1 - r0, d).copy_(block)
+        if scale is not None:
+            rows[r0:r1], scale[r0:r1] = quantize_rows(block, layout.int8_max)
+        else:
+            rows[r0:r1] = block
+            blocks.append(Fp16Matrix(rows[r0:r1], False))  # rounded as the rows are
+    head: Int8Matrix | BlockedHead | None = None
+    if name == "lm_head.weight" or model.config.tie_word_embeddings:
+        head = Int8Matrix(rows, scale) if scale is not None else BlockedHead(blocks)
+    if keep:
+        model.set_quantized_embedding(rows, scale, head)
+    else:
+        model.head_matrix = head
+
+
+_16BIT = {True: torch.bfloat16, False: torch.float16}

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpt2cli.model.config import GPT2Config
-from gpt2cli.model.linear import Layout, Linear, tied_head
+from gpt2cli.model.linear import BlockedHead, Fp16Matrix, Int8Matrix, Layout, Linear, tied_head
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ class NoCache:
 
 
 class Attention(nn.Module):
-    def __init__(self, config: GPT2Config, layout: str, layer: int) -> None:
+    def __init__(self, config: GPT2Config, layout: Layout, layer: int) -> None:
         super().__init__()
         self.layer = layer
         self.n_head = config.n_head
@@ -183,7 +183,7 @@ ACTIVATION_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 class MLP(nn.Module):
-    def __init__(self, config: GPT2Config, layout: str) -> None:
+    def __init__(self, config: GPT2Config, layout: Layout) -> None:
         super().__init__()
         self.c_fc = Linear(config.n_embd, config.inner_dim, layout)
         self.c_proj = Linear(config.inner_dim, config.n_embd, layout)
@@ -199,7 +199,7 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: GPT2Config, layout: str, layer: int) -> None:
+    def __init__(self, config: GPT2Config, layout: Layout, layer: int) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.attn = Attention(config, layout, layer)
@@ -215,7 +215,9 @@ class GPT2(nn.Module):
     """The decoder. `forward` runs tokens against a KVCache and returns logits. The output head
     is the token embedding (tied, as in GPT-2) or, with `tie_word_embeddings: false`, a matrix
     of its own (`lm_head`). It is stored (vocab, d), or (d, vocab) with `layout.head_in_out`
-    (`wte_t`/`lm_head_t`); an untied embedding is only looked up, so it stays (vocab, d)."""
+    (`wte_t`/`lm_head_t`); an untied embedding is only looked up, so it stays (vocab, d).
+    In a quantized layout the head is packed by fbgemm (`head_matrix`) and the embedding looked
+    up from its 16-bit rows, or its int8 rows times their scales (`wte_scale`)."""
 
     def __init__(self, config: GPT2Config, layout: Layout | None = None) -> None:
         super().__init__()
@@ -223,21 +225,44 @@ class GPT2(nn.Module):
         self.layout = layout = layout or Layout()
         in_out = layout.head_in_out
         vocab, d = config.vocab_size, config.n_embd
-        self.head_name = ("wte" if config.tie_word_embeddings else "lm_head") + ("_t" * in_out)
-        head = torch.empty((d, vocab) if in_out else (vocab, d))
-        self.register_parameter(self.head_name, nn.Parameter(head))
-        if self.head_name != "wte":
+        self.head_matrix: Int8Matrix | Fp16Matrix | BlockedHead | None = None
+        self.wte_scale: torch.Tensor | None = None
+        if layout.quantized:
+            self.head_name = ""
             self.wte = nn.Parameter(torch.empty(vocab, d))
+        else:
+            self.head_name = ("wte" if config.tie_word_embeddings else "lm_head") + "_t" * in_out
+            head = torch.empty((d, vocab) if in_out else (vocab, d))
+            self.register_parameter(self.head_name, nn.Parameter(head))
+            if self.head_name != "wte":
+                self.wte = nn.Parameter(torch.empty(vocab, d))
         # Plain parameters, not nn.Embedding: its initialiser on the meta device pulls in ~70 MB
         # of torch's Python meta kernels, for weights the checkpoint overwrites anyway.
         self.wpe = nn.Parameter(torch.empty(config.n_positions, config.n_embd))
-        self.h = nn.ModuleList(Block(config, layout.linear, i) for i in range(config.n_layer))
+        self.h = nn.ModuleList(Block(config, layout, i) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
 
-    @property
-    def token_embedding(self) -> torch.Tensor:
-        """(vocab, d), a view whatever the storage layout."""
-        return self.wte_t.t() if self.head_name == "wte_t" else self.wte
+    def set_quantized_embedding(
+        self,
+        rows: torch.Tensor,
+        scale: torch.Tensor | None,
+        head: Int8Matrix | Fp16Matrix | BlockedHead | None,
+    ) -> None:
+        """A quantized layout's embedding: its rows (int8 with per-row `scale`, or 16-bit), and
+        the packed output head made from them when the head is tied (None: untied)."""
+        self.wte = nn.Parameter(rows, requires_grad=False)
+        self.wte_scale = scale
+        if head is not None:
+            self.head_matrix = head
+
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        """The token embeddings of `idx`, in the model's activation dtype."""
+        if self.head_name == "wte_t":
+            return self.wte_t.t()[idx]
+        rows = self.wte[idx]
+        if self.wte_scale is not None:
+            return rows.float() * self.wte_scale[idx].unsqueeze(-1)
+        return rows.to(self.wpe.dtype)
 
     def new_cache(self, batch: int = 1, zeroed: bool = False) -> KVCache:
         p = self.wpe
@@ -253,7 +278,7 @@ class GPT2(nn.Module):
             raise ValueError(f"{start + T} positions exceed the {self.config.n_positions} window")
         if B != cache.batch:
             raise ValueError(f"batch {B} does not match the cache's batch {cache.batch}")
-        x = self.token_embedding[idx] + self.wpe[start : start + T]
+        x = self.embed(idx) + self.wpe[start : start + T]
         x = self._blocks(x, cache, Span.chunk(start, T, idx.device))
         cache.length = start + T
         return self._head(x if all_logits else x[:, -1])
@@ -266,7 +291,7 @@ class GPT2(nn.Module):
         attending over keys [0, end) (default: the whole window, a fixed shape for CUDA graphs).
         Returns (batch, vocab) float32 logits. Leaves `cache.length` to the caller."""
         end = cache.window if end is None else end
-        x = self.token_embedding[idx.view(-1, 1)] + self.wpe[positions].unsqueeze(1)
+        x = self.embed(idx.view(-1, 1)) + self.wpe[positions].unsqueeze(1)
         x = self._blocks(x, cache, Span.rows(positions, end))
         return self._head(x[:, -1])
 
@@ -278,7 +303,7 @@ class GPT2(nn.Module):
         B, T = idx.shape
         if T > self.config.n_positions:
             raise ValueError(f"{T} positions exceed the {self.config.n_positions} window")
-        x = self.token_embedding[idx] + self.wpe[:T]
+        x = self.embed(idx) + self.wpe[:T]
         return self._blocks(x, NoCache(B), Span.chunk(0, T, idx.device))  # type: ignore[arg-type]
 
     @torch.inference_mode()
@@ -292,4 +317,6 @@ class GPT2(nn.Module):
         return self.ln_f(x)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
+        if self.head_matrix is not None:
+            return self.head_matrix(x)
         return tied_head(x, getattr(self, self.head_name), self.layout)

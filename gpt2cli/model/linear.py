@@ -13,6 +13,7 @@ and 9 ms for `F.linear`). Without oneDNN, float32 on CPU stores it (d, vocab) fo
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from functools import cache
 
@@ -20,23 +21,44 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LINEAR_LAYOUTS = ("out_in", "in_out", "onednn")
+LINEAR_LAYOUTS = ("out_in", "in_out", "onednn", "fp16", "int8")
 
 
 @dataclass(frozen=True)
 class Layout:
     """How weights are stored. linear: block weights as (out, in) for `F.linear`, (in, out) for
-    `addmm`, or prepacked for oneDNN. head_in_out: the tied embedding stored (d, vocab)."""
+    `addmm`, prepacked for oneDNN, or prepacked by fbgemm as float16 (`fp16`) or int8 (`int8`).
+    head_in_out: the tied embedding stored (d, vocab). The fbgemm layouts (`quantized`) hold the
+    output head and the token embedding in the same 16 or 8 bits and compute in float32;
+    `round_bf16` rounds the weights to bfloat16 first (exact in float16 over its normal range:
+    bfloat16 has 8 significant bits, float16 11), so `--dtype bfloat16` gives bfloat16 weights
+    on a CPU without bfloat16 arithmetic. `int8_max` is the largest int8 magnitude used."""
 
     linear: str = "out_in"
     head_in_out: bool = False
+    round_bf16: bool = False
+    int8_max: int = 127
 
     def __post_init__(self) -> None:
         if self.linear not in LINEAR_LAYOUTS:
             raise ValueError(f"linear layout must be one of {LINEAR_LAYOUTS}")
 
+    @property
+    def quantized(self) -> bool:
+        """Weights packed by fbgemm, everything else float32."""
+        return self.linear in ("fp16", "int8")
+
     def describe(self) -> str:
         """For --verbose: which kernel multiplies the weights."""
+        if self.linear == "int8":
+            bits = "8-bit" if self.int8_max == 127 else "7-bit (no VNNI: 8-bit products saturate)"
+            return (
+                f"fbgemm int8 weights, {bits}, a scale per output channel; activations "
+                "quantized per token; float32 elsewhere"
+            )
+        if self.linear == "fp16":
+            held = "bfloat16 weights held as float16" if self.round_bf16 else "float16 weights"
+            return f"fbgemm {held}, float32 activations"
         kernel = {"onednn": "oneDNN prepacked", "in_out": "addmm", "out_in": "F.linear"}
         return kernel[self.linear]
 
@@ -55,25 +77,154 @@ def onednn_available(dtype: torch.dtype = torch.float32) -> bool:
         return False
 
 
-def choose_layout(device: torch.device, dtype: torch.dtype) -> Layout:
-    """The fastest layout for decoding on `device` in `dtype` (see the module docstring)."""
-    cpu_fp32 = device.type == "cpu" and dtype == torch.float32
-    if (
-        device.type == "cpu"
-        and dtype in (torch.float32, torch.bfloat16)
-        and onednn_available(dtype)
-    ):
+@cache
+def fbgemm_available() -> bool:
+    """Whether this torch has fbgemm's packed float16 and int8 kernels (x86 builds)."""
+    return "fbgemm" in torch.backends.quantized.supported_engines
+
+
+@cache
+def cpu_has_vnni() -> bool:
+    """Whether fbgemm's int8 kernels can use VNNI (AVX-512 VNNI), which accumulate u8 x s8
+    products in int32. Without it they use vpmaddubsw, whose int16 sums of two products
+    saturate when weights use the full int8 range (255 x 127 x 2 > 32767): measured here on an
+    AVX2 EPYC, full-range weights gave outputs off by up to 40%; weights kept within +-63 never
+    saturate."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "avx512_vnni" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+def choose_layout(device: torch.device, dtype: torch.dtype, int8: bool = False) -> Layout:
+    """The fastest layout for decoding on `device` in `dtype` (see the module docstring); with
+    `int8`, fbgemm's int8 weights (CPU only)."""
+    cpu = device.type == "cpu"
+    if int8:
+        return Layout("int8", int8_max=127 if cpu_has_vnni() else 63)
+    if cpu and dtype in (torch.float32, torch.bfloat16) and onednn_available(dtype):
         return Layout("onednn", head_in_out=False)
+    if cpu and dtype in (torch.bfloat16, torch.float16) and fbgemm_available():
+        return Layout("fp16", round_bf16=dtype == torch.bfloat16)
+    cpu_fp32 = cpu and dtype == torch.float32
     return Layout("in_out" if cpu_fp32 else "out_in", head_in_out=cpu_fp32)
+
+
+def quantize_rows(w: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per row of `w` (out, in): (q int8 in [-qmax, qmax], scale float32 (out,)),
+    w ~ q * scale[:, None]. A float32 `w` is overwritten (it is a scratch buffer at load: no
+    float temporaries of its size are made, which measured ~140 MB of resident memory at
+    small's shape)."""
+    w = w.float()
+    lo, hi = torch.aminmax(w, dim=1)
+    scale = (torch.maximum(-lo, hi) / qmax).clamp_min_(1e-12)
+    w.div_(scale[:, None]).round_().clamp_(-qmax, qmax)
+    return w.to(torch.int8), scale
+
+
+class Int8Matrix:
+    """x (..., in) float32 -> x W^T (..., out) float32 for W = q * scale[:, None] (q int8
+    (out, in)), through fbgemm's dynamic int8 linear: the input is quantized to uint8 by its min
+    and max, multiplied in integers, and rescaled. The op takes one range for its whole input;
+    for several rows each row is first mapped to [0, 1] by its own min and max
+    (x = lo + (hi - lo) u, so x W^T = lo * rowsum(W) + (hi - lo) * (u W^T)), which makes the
+    quantization per token, as llama.cpp's Q8_0 activations are per block.
+
+    Two entry points to the same fbgemm kernel. `torch.fbgemm_linear_int8_weight_fp32_activation`
+    keeps only the packed matrix (the int8 rows stay ours: the token embedding is looked up in
+    them) and costs least per call; `quantized.linear_dynamic` also keeps a copy of the weight
+    for unpacking. The aten op is used where this torch still has it."""
+
+    legacy = hasattr(torch, "fbgemm_linear_int8_weight_fp32_activation")
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor) -> None:
+        n_out, n_in = q.shape
+        self.scale = scale
+        # by blocks of rows: summing as int32 converts its input first (a 150 MB transient for
+        # small's head)
+        col_offsets = torch.cat([b.sum(dim=1, dtype=torch.int32) for b in q.split(4096)])
+        self.row_sums = scale * col_offsets.float()  # sum_j W[i, j]
+        if self.legacy:
+            # the op reads only the weight's shape: a zero-stride view, not a copy
+            self.shape_only = torch.zeros(1, 1, dtype=torch.int8).expand(n_out, n_in)
+            self.zeros = torch.zeros(n_out)
+            self.col_offsets = col_offsets
+            with warnings.catch_warnings():  # torch marks these deprecated, warning once
+                warnings.filterwarnings("ignore", r"fbgemm_\w+ is deprecated", UserWarning)
+                self.packed = torch.fbgemm_pack_quantized_matrix(q)
+                self._matmul(torch.zeros(1, n_in))  # the op's one warning, spent here
+            return
+        with warnings.catch_warnings():  # "quantized tensor creation ... deprecated" (2.13)
+            warnings.simplefilter("ignore", UserWarning)
+            qw = torch._make_per_channel_quantized_tensor(
+                q, scale.double(), torch.zeros(n_out, dtype=torch.long), 0
+            )
+        self.packed = torch.ops.quantized.linear_prepack(qw, None)
+
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """x W^T with one activation range for all of x."""
+        if self.legacy:
+            y = torch.fbgemm_linear_int8_weight_fp32_activation(
+                x, self.shape_only, self.packed, self.col_offsets, 1.0, 0, self.zeros
+            )  # x q^T
+            return y.mul_(self.scale)
+        return torch.ops.quantized.linear_dynamic(x, self.packed, False)
+
+    def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if x.numel() == x.shape[-1]:  # one token: the op's range is already per token
+            y = self._matmul(x)
+        else:
+            lo, hi = torch.aminmax(x, dim=-1, keepdim=True)
+            d = (hi - lo).clamp_min_(1e-12)
+            y = self._matmul((x - lo) / d).mul_(d).addcmul_(lo, self.row_sums)
+        return y if bias is None else y.add_(bias)
+
+
+class BlockedHead:
+    """A 16-bit output head packed as blocks of rows (packing the whole (vocab, d) matrix at once
+    needs a float32 copy of it): the logits are the blocks' outputs side by side."""
+
+    def __init__(self, blocks: list[Fp16Matrix]) -> None:
+        self.blocks = blocks
+
+    def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.cat([block(x) for block in self.blocks], dim=-1)
+
+
+class Fp16Matrix:
+    """x (..., in) float32 -> x W^T (..., out) float32 with W held as float16 by fbgemm
+    (`quantized.linear_dynamic_fp16`: float32 accumulation, work split over torch's threads)."""
+
+    def __init__(self, w: torch.Tensor, round_bf16: bool) -> None:
+        if round_bf16:
+            w = w.to(torch.bfloat16)
+        self.packed = torch.ops.quantized.linear_prepack_fp16(w.float().contiguous(), None)
+
+    def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        y = torch.ops.quantized.linear_dynamic_fp16(x, self.packed)
+        return y if bias is None else y.add_(bias)
+
+
+def pack_matrix(w: torch.Tensor, layout: Layout) -> Int8Matrix | Fp16Matrix:
+    """W (out, in) packed for a quantized `layout`."""
+    if layout.linear == "int8":
+        return Int8Matrix(*quantize_rows(w, layout.int8_max))
+    return Fp16Matrix(w, layout.round_bf16)
 
 
 class Linear(nn.Module):
     """y = x W + b, W stored as `layout` says; `set_weight` takes GPT-2's Conv1D (in, out)."""
 
-    def __init__(self, n_in: int, n_out: int, layout: str) -> None:
+    def __init__(self, n_in: int, n_out: int, layout: Layout) -> None:
         super().__init__()
-        self.layout = layout
-        shape = (n_in, n_out) if layout == "in_out" else (n_out, n_in)
+        self.layout = layout.linear
+        self.spec = layout
+        self.matrix: Int8Matrix | Fp16Matrix | None = None  # the quantized layouts
+        shape = (n_in, n_out) if self.layout == "in_out" else (n_out, n_in)
         self.weight = nn.Parameter(torch.empty(shape))
         self.bias = nn.Parameter(torch.empty(n_out))
 
@@ -85,6 +236,14 @@ class Linear(nn.Module):
             self.weight = nn.Parameter(conv1d.contiguous(), requires_grad=False)
         elif self.layout == "out_in":
             self.weight = nn.Parameter(conv1d.t().contiguous(), requires_grad=False)
+        elif self.spec.quantized:  # packed by fbgemm: an opaque object, not a tensor
+            n_in, n_out = conv1d.shape
+            dense = conv1d.t()
+            if scratch is not None:  # a float32 buffer: the quantizer works in it
+                dense = scratch[: n_in * n_out].view(n_out, n_in).copy_(dense)
+            del self.weight
+            self.weight = None
+            self.matrix = pack_matrix(dense, self.spec)
         else:  # an opaque oneDNN tensor, so a buffer rather than a parameter
             n_in, n_out = conv1d.shape
             if scratch is None:
@@ -101,7 +260,9 @@ class Linear(nn.Module):
             op = "gelu" if gelu else "none"
             algorithm = "tanh" if gelu else ""
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, op, [], algorithm)
-        if self.layout == "out_in":
+        if self.matrix is not None:
+            y = self.matrix(x, self.bias)
+        elif self.layout == "out_in":
             y = F.linear(x, self.weight, self.bias)
         else:
             y = torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight)

@@ -97,6 +97,18 @@ class TensorFile:
             _read_into(f, out, self.path)
         return out.view(info.dtype).view(info.shape)
 
+    def read_rows(self, name: str, r0: int, r1: int) -> torch.Tensor:
+        """Rows r0..r1-1 of 2-D tensor `name`, as a new tensor (a large matrix converted a block
+        at a time never needs a whole temporary copy)."""
+        info = self.tensors[name]
+        rows, cols = info.shape
+        row_bytes = info.nbytes // rows
+        out = torch.empty((r1 - r0) * row_bytes, dtype=torch.uint8)
+        with open(self.path, "rb", buffering=0) as f:
+            f.seek(info.start + r0 * row_bytes)
+            _read_into(f, out, self.path)
+        return out.view(info.dtype).view(r1 - r0, cols)
+
     def read_rows_transposed(self, name: str, out: torch.Tensor, chunk: int = 4096) -> None:
         """Copy 2-D tensor `name` (rows, cols) into `out` (cols, rows) a block of rows at a time,
         so a transposed copy never needs the whole untransposed tensor in memory."""

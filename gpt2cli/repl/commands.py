@@ -75,7 +75,7 @@ def _show(session: Session, args: str) -> None:
     rows = [
         ("model", f"{lm.name} ({lm.path})"),
         ("device", str(lm.device)),
-        ("dtype", str(lm.dtype).removeprefix("torch.")),
+        ("dtype", lm.precision_name),
         ("window", f"{lm.context_length} tokens"),
         ("mode", session.mode),
         *((name, setting_text(session.settings, name)) for name in SETTINGS),

@@ -60,7 +60,7 @@ class Session:
         self.say(message, "red")
 
     def describe_model(self) -> str:
-        dtype = str(self.lm.dtype).removeprefix("torch.")
+        dtype = self.lm.precision_name
         return f"{self.lm.name} on {self.lm.device}, {dtype}"
 
     # -- state changes the slash commands ask for ----------------------------------------------

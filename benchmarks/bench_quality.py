@@ -1,0 +1,105 @@
+"""Quality of the reduced precisions against float32 on the same checkpoint.
+
+    python benchmarks/bench_quality.py                    # small's shape, 4 x 512 positions
+    python benchmarks/bench_quality.py --shape medium --json quality.json
+
+For each --dtype (int8, bfloat16, float16): the next-token logits at every position of 4 rows of
+512 tokens (2,048 positions) of English text, against float32 on the same weights: top-1
+agreement (the argmax is the same token) and the mean KL divergence KL(float32 || ours) in nats.
+
+No trained GPT-2 can be downloaded here, so the weights are random, at two scales: the speed
+benchmarks' checkpoint (std 0.2: twelve layers amplify any rounding chaotically, so even float16
+disagrees often; a worst case) and one at GPT-2's initialisation scale (std 0.02, residual
+projections 0.02 / sqrt(2 n_layer), which keeps the layers' outputs small, as trained weights
+do). A trained model's distributions are peakier than either, so its top-1 agreement is higher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import CACHE, SHAPES, checkpoint  # noqa: E402
+
+TEXT = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+ROWS, LENGTH = 4, 512
+
+
+def init_scale_checkpoint(shape: str) -> Path:
+    """The speed checkpoint's config and tokenizer, with weights at GPT-2's init scale."""
+    import torch
+    from safetensors.torch import save_file
+
+    from tests.support.checkpoints import random_state_dict
+
+    source, folder = checkpoint(shape), CACHE / f"{shape}-init-scale"
+    if (folder / "model.safetensors").is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "tokenizer.json", "vocab.json", "merges.txt"):
+        if (source / name).is_file():
+            shutil.copy(source / name, folder / name)
+    cfg = json.loads((source / "config.json").read_text())
+    sd = random_state_dict(cfg, seed=1, std=0.02)
+    residual = 0.02 / math.sqrt(2 * cfg["n_layer"])
+    g = torch.Generator().manual_seed(2)
+    for name, tensor in sd.items():
+        if name.endswith(("attn.c_proj.weight", "mlp.c_proj.weight")):
+            sd[name] = torch.randn(tensor.shape, generator=g) * residual
+        elif name == "wpe.weight":
+            sd[name] = torch.randn(tensor.shape, generator=g) * 0.01
+    save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+def logits(folder: Path, dtype: str, ids):
+    from gpt2cli import load_model
+
+    lm = load_model(folder, device="cpu", dtype=dtype)
+    return lm.model(ids, lm.model.new_cache(ROWS), all_logits=True).reshape(ids.numel(), -1)
+
+
+def compare(ours, ref) -> dict:
+    p, q = ref.log_softmax(-1), ours.log_softmax(-1)
+    top1 = (ours.argmax(-1) == ref.argmax(-1)).float().mean().item()
+    kl = (p.exp() * (p - q)).sum(-1).mean().item()
+    return {"top1": round(top1, 4), "kl_nats": float(f"{kl:.3g}")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shape", default="small", choices=list(SHAPES))
+    ap.add_argument("--dtypes", default="int8,bfloat16,float16")
+    ap.add_argument("--json", metavar="PATH")
+    args = ap.parse_args()
+    import torch
+    from tokenizers import Tokenizer
+
+    folders = {"random std 0.2": checkpoint(args.shape)}
+    folders["GPT-2 init scale"] = init_scale_checkpoint(args.shape)
+    tok = Tokenizer.from_file(str(folders["random std 0.2"] / "tokenizer.json"))
+    text_ids = tok.encode(TEXT).ids
+    if len(text_ids) < ROWS * LENGTH:
+        raise SystemExit("the README is too short for the positions wanted")
+    ids = torch.tensor(text_ids[: ROWS * LENGTH]).view(ROWS, LENGTH)
+    results = []
+    for kind, folder in folders.items():
+        ref = logits(folder, "float32", ids)
+        for dtype in args.dtypes.split(","):
+            row = {"shape": args.shape, "weights": kind, "dtype": dtype, "positions": ids.numel()}
+            results.append(row | compare(logits(folder, dtype, ids), ref))
+            print(json.dumps(results[-1]), flush=True)
+    print("\n| weights | dtype | top-1 agreement | mean KL (nats) |\n|---|---|---|---|")
+    for r in results:
+        print(f"| {r['weights']} | {r['dtype']} | {r['top1']:.3f} | {r['kl_nats']:.3g} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
