@@ -96,7 +96,7 @@ Threads = Annotated[
     int | None,
     typer.Option(
         "--threads",
-        help="CPU threads for torch (default: torch's choice, all cores).",
+        help="CPU threads for torch (default: the cores idle when the model loads).",
         show_default=False,
         rich_help_panel=MODEL_PANEL,
     ),
