@@ -90,7 +90,7 @@ def test_one_line_per_row_with_generates_fields(tiny_checkpoint: Path, tmp_path:
     records = {r["id"]: r for r in read_jsonl(out)}
     assert sorted(records, key=str) == sorted([r["id"] for r in rows], key=str)
     fields = {"id", "text", "prompt_tokens", "completion_tokens", "finish_reason", "seed"}
-    fields |= {"model", *TIMING}
+    fields |= {"model", "context_shifts", *TIMING}
     assert set(records["a"]) == fields
     assert records["a"]["completion_tokens"] <= 6 and records["a"]["model"] == str(tiny_checkpoint)
     assert records["b"]["completion_tokens"] <= 3
