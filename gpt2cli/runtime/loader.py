@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -77,8 +78,15 @@ class LoadedModel:
         return (
             f"model {self.name} ({self.path}) on {self.device}, {self.precision_name} "
             f"({self.model.layout.describe()}), window {self.context_length} tokens"
-            + (f", {torch.get_num_threads()} CPU threads" if self.device.type == "cpu" else "")
+            + (_threads_note() if self.device.type == "cpu" else "")
         )
+
+
+def _threads_note() -> str:
+    """`, 2 CPU threads` for --verbose, saying when idle threads sleep rather than spin."""
+    n = torch.get_num_threads()
+    passive = os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
+    return f", {n} CPU thread{'s' * (n != 1)}" + (" (passive wait)" if passive else "")
 
 
 def pick_device(name: str = "auto") -> torch.device:
