@@ -47,7 +47,9 @@ def load() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shape", default="small", choices=["small", "medium", "large", "xl"])
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16", "int8"]
+    )
     ap.add_argument("--windows", type=int, default=3, help="tokens to decode, in windows")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)

@@ -305,12 +305,15 @@ def main() -> None:
     args = parse_args()
     from gpt2cli.runtime.threads import configure_openmp
 
-    configure_openmp()  # as the CLI does, before torch is imported (its default threads)
     header = {"cpu": cpu_model(), "cores": os.cpu_count(), "load_start": loadavg()}
     header |= {"busy_processes": (os.cpu_count() or 1) - 1 if args.load else 0}
     header |= {k: getattr(args, k) for k in ("rounds", "tokens", "prefill_tokens")}
     t = time.perf_counter()
     with busy_load(header["busy_processes"]) if args.load else contextlib.nullcontext():
+        # As the CLI does when it starts (on the machine as busy as it is now), before torch
+        # is imported: the default thread count and wait policy.
+        time.sleep(1 if args.load else 0)
+        configure_openmp()
         rows = run(args, header)
     header |= {"load_end": loadavg(), "wall_s": round(time.perf_counter() - t, 1)}
     save(args.json, header, rows)
