@@ -10,6 +10,7 @@ import functools
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -175,6 +176,9 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     exit_status: list[int] = []
     atexit.register(_skip_teardown, exit_status)  # first registered: runs after all others
+    # numpy is not a dependency; torch warns once that it is missing when fbgemm's packed
+    # weights are first used (--dtype int8, 16-bit weights on a CPU): not the user's concern.
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category=UserWarning)
     exit_status.append(run(argv))
     sys.exit(exit_status[0])
 

@@ -4,14 +4,14 @@
 
 A fresh virtual environment gets `pip install torch==2.13.0`, then `pip install .` (not editable,
 no extras unless --extra names one), and that environment's `gpt2` runs on a tiny checkpoint
-built by the tests' own builder: generate (argument, piped stdin, --json, --context-shift),
-score (short and long texts), repl on piped stdin, batch over a file of prompts (and, without
-the [ray] extra, `batch --ray` giving the install command), a fine-tune's own files, download
-from a fake Hub on 127.0.0.1, then generate offline. Then `gpt2 serve`: without the serve extra
-it must give the install hint; the extra is then added (`pip install ".[serve]"`, as a user
-would) and the server must answer /health and a completion on 127.0.0.1. Any runtime dependency
-that is imported but not declared fails here, which the test suite (installed with the test
-extras, which pull numpy and more) cannot see.
+built by the tests' own builder: generate (argument, piped stdin, --json, --context-shift,
+--dtype int8 and bfloat16), score (short and long texts), repl on piped stdin, batch over a file
+of prompts (and, without the [ray] extra, `batch --ray` giving the install command), a
+fine-tune's own files, download from a fake Hub on 127.0.0.1, then generate offline. Then
+`gpt2 serve`: without the serve extra it must give the install hint; the extra is then added
+(`pip install ".[serve]"`, as a user would) and the server must answer /health and a completion
+on 127.0.0.1. Any runtime dependency that is imported but not declared fails here, which the
+test suite (installed with the test extras, which pull numpy and more) cannot see.
 
 The checkpoint builder and the fake Hub run in *this* interpreter (which has the test extras);
 only the `gpt2` under test runs from the fresh environment.
@@ -197,6 +197,12 @@ def check(venv: Path, home: Path, extra: str | None = None) -> None:
     out = gpt2(venv, env, "generate", "-m", m, *shift, "-s", "1", "Hi")
     record = json.loads(out.stdout)
     assert record["finish_reason"] == "length" and record["context_shifts"] >= 2, record
+    for dtype in ("int8", "bfloat16"):  # fbgemm's packed weights on a CPU
+        args = ("-m", m, "--dtype", dtype, "-v", "--json", "-n", "5", "Hi")
+        out = gpt2(venv, env, "generate", *args)
+        assert json.loads(out.stdout)["completion_tokens"] >= 1, out.stdout
+        assert "deprecated" not in out.stderr and "Warning" not in out.stderr, out.stderr
+        print(f"  --dtype {dtype} -v -> {out.stderr.splitlines()[0]!r}", flush=True)
     out = gpt2(venv, env, "repl", "-m", m, "-n", "5", stdin="Hello\n/set temperature 0\nWorld\n")
     assert len(out.stdout.strip().splitlines()) >= 1, "repl printed nothing"
     check_batch(venv, env, home, m, extra)
