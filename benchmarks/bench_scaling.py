@@ -38,19 +38,22 @@ def main() -> None:
     from gpt2cli import load_model
 
     lm = load_model(checkpoint(args.shape), device="cpu", dtype=args.dtype)
+    # `gpt2 generate --samples 4` loads its weights packed for 4 rows (Layout.onednn_pack_rows)
+    lm4 = load_model(checkpoint(args.shape), device="cpu", dtype=args.dtype, batch=4)
     short = lm.tokenizer.encode("The meaning of life is")
     # a prompt of exactly `late_prompt` tokens that survives a decode/encode round trip
     text_ids = lm.tokenizer.encode(" the cat sat on the mat and" * 400)[: args.late_prompt]
     late = lm.tokenizer.encode(lm.tokenizer.decode(text_ids))[: args.late_prompt]
     tokens = min(args.tokens, lm.context_length - len(late))
-    decode_rate(lm, short, 8)  # warm-up
+    decode_rate(lm, short, 8)  # warm-ups
+    decode_rate(lm4, short, 8, samples=4)
 
     start, late_r, one, four = [], [], [], []
     for _ in range(args.repeats):
         start.append(decode_rate(lm, short, tokens))
         late_r.append(decode_rate(lm, late, tokens))
         one.append(decode_rate(lm, short, tokens, samples=1))
-        four.append(decode_rate(lm, short, tokens, samples=4))
+        four.append(decode_rate(lm4, short, tokens, samples=4))
     r = {
         "shape": args.shape,
         "dtype": args.dtype,

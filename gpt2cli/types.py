@@ -196,7 +196,9 @@ class LoadOptions:
     """Which model to load and what it runs on; checked before torch is imported.
 
     model: a size (small, medium, large, xl), a Hub repo id, or a local folder. offline: never
-    touch the network (None: follow HF_HUB_OFFLINE). threads: CPU threads (None: torch's)."""
+    touch the network (None: follow HF_HUB_OFFLINE). threads: CPU threads (None: torch's).
+    batch: how many sequences the caller decodes together (`--samples`, `gpt2 batch`, `gpt2
+    serve`): CPU float32 weights are packed for products of that many rows."""
 
     model: str = "small"
     device: str = "auto"
@@ -204,6 +206,7 @@ class LoadOptions:
     revision: str | None = None
     offline: bool | None = None
     threads: int | None = None
+    batch: int = 1
 
     def __post_init__(self) -> None:
         device = self.device.lower()
@@ -217,6 +220,8 @@ class LoadOptions:
             )
         if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
             raise ParamError("threads", f"must be an integer >= 1, got {self.threads!r}")
+        if not _is_int(self.batch) or self.batch < 1:
+            raise ValueError(f"batch must be an integer >= 1, got {self.batch!r}")
         if not str(self.model).strip():
             raise ParamError("model", "must not be empty")
 

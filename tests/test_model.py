@@ -12,7 +12,7 @@ from gpt2cli.model.checkpoint import load_checkpoint
 from gpt2cli.model.linear import Layout, choose_layout, fbgemm_available, onednn_available
 from gpt2cli.runtime.generate import complete
 from gpt2cli.runtime.loader import load_model
-from gpt2cli.types import SamplingParams
+from gpt2cli.types import LoadOptions, SamplingParams
 from tests.support.checkpoints import build_checkpoint, derive_checkpoint
 
 
@@ -186,6 +186,27 @@ def test_default_layout_per_device_and_dtype() -> None:
     sixteen = Layout("fp16") if fbgemm_available() else Layout("out_in", False)
     assert choose_layout(cpu, torch.float16) == sixteen
     assert choose_layout(cuda, torch.bfloat16) == Layout("out_in", False)
+
+
+@pytest.mark.skipif(not onednn_available(), reason="no oneDNN prepacking in this torch")
+def test_onednn_packed_for_several_rows(tiny_checkpoint: Path) -> None:
+    """Weights packed for batched products compute what those packed for one row do, at one
+    row and at four; the loader packs for the batch its caller will decode."""
+    assert choose_layout(torch.device("cpu"), torch.float32, rows=4).onednn_pack_rows == 8
+    assert Layout("onednn").onednn_pack_rows == 1
+    ids = torch.arange(24).view(1, 24)
+    for batch in (1, 4):
+        outs = []
+        for rows in (1, 4):
+            m = load_checkpoint(tiny_checkpoint, layout=Layout("onednn", rows=rows))
+            prompt = ids.repeat(batch, 1)
+            cache = m.new_cache(batch)
+            m(prompt, cache)
+            outs.append(m(torch.full((batch, 1), 7), cache))
+        assert torch.allclose(outs[0], outs[1], atol=1e-4)
+    lm = load_model(LoadOptions(str(tiny_checkpoint), device="cpu", dtype="float32", batch=4))
+    assert lm.model.layout.onednn_pack_rows == 8
+    assert "prepacked for 8 row(s)" in lm.describe()
 
 
 @pytest.mark.parametrize("batch", [1, 4])

@@ -183,9 +183,9 @@ def batch(
     # Every flag is checked before torch is imported, so a typo fails in a fraction of a second.
     params = SamplingParams(temperature, top_k, top_p, repetition_penalty, seed)
     config = GenerationConfig(max_tokens, samples, options.stop_strings(stop), ignore_eos)
-    load = LoadOptions(model, device, dtype, revision, offline or None, threads)
     if not 1 <= batch_size <= MAX_BATCH_SIZE:
         raise ParamError("batch_size", f"must be an integer in [1, {MAX_BATCH_SIZE}]")
+    load = LoadOptions(model, device, dtype, revision, offline or None, threads, batch=batch_size)
     if workers is not None and workers < 1:
         raise ParamError("workers", f"must be an integer >= 1, got {workers}")
     from gpt2cli.batch.rows import RowDefaults, pick_format

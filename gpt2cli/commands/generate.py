@@ -113,7 +113,8 @@ def generate(
     from gpt2cli.ui.probs import candidates_to_show
 
     candidates = candidates_to_show(top_candidates, explain_steps)
-    load = check_model(LoadOptions(model, device, dtype, revision, offline or None, threads))
+    load = LoadOptions(model, device, dtype, revision, offline or None, threads, batch=samples)
+    load = check_model(load)
 
     from gpt2cli import console
     from gpt2cli.commands.open_model import open_model

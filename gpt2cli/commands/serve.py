@@ -111,11 +111,11 @@ def serve(
     threads: options.Threads = None,
     debug: options.Debug = False,
 ) -> None:
-    load = LoadOptions(model, device, dtype, revision, offline or None, threads)
     if not 0 <= port <= 65535:
         raise ParamError("port", f"must be in [0, 65535], got {port}")
     if max_batch < 1:
         raise ParamError("max_batch", f"must be an integer >= 1, got {max_batch}")
+    load = LoadOptions(model, device, dtype, revision, offline or None, threads, batch=max_batch)
     if max_queue < 1:
         raise ParamError("max_queue", f"must be an integer >= 1, got {max_queue}")
     api_key = api_key or None  # GPT2_API_KEY="" means no key

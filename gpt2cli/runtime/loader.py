@@ -142,18 +142,20 @@ def load_model(
     revision: str | None = None,
     offline: bool | None = None,
     threads: int | None = None,
+    batch: int = 1,
     progress: ProgressFactory | None = None,
 ) -> LoadedModel:
     """Load a GPT-2 checkpoint: a size name (small, medium, large, xl), a Hub repo id, or a
     local folder (or a `LoadOptions`). Downloads into the Hugging Face cache when needed;
     `progress(repo_id)` makes the download's display (default: a plain line per file on
-    stderr)."""
+    stderr). `batch`: how many sequences will usually decode together (`samples`, batches):
+    on CPU, float32 weights are packed for that (see `Layout.onednn_pack_rows`)."""
     from gpt2cli.hub.fetch import resolve_model
 
     if isinstance(model, LoadOptions):
         options = model
     else:
-        options = LoadOptions(str(model), device, dtype, revision, offline, threads)
+        options = LoadOptions(str(model), device, dtype, revision, offline, threads, batch)
     check_device(options)  # before a download that would be wasted
     folder = resolve_model(
         options.model, revision=options.revision, offline=options.offline, progress=progress
@@ -170,7 +172,7 @@ def load_folder(folder: Path, options: LoadOptions) -> LoadedModel:
     dev = pick_device(options.device)
     dt = pick_dtype(options.dtype, dev)
     int8 = options.dtype.lower() == "int8"
-    layout = choose_layout(dev, dt, int8=int8)
+    layout = choose_layout(dev, dt, int8=int8, rows=options.batch)
     with _large_blocks_returned():  # first: it says best what is wrong
         net = load_checkpoint(folder, device=dev, dtype=dt, layout=layout)
     tokenizer = Tokenizer.from_folder(folder)
