@@ -17,6 +17,7 @@ from gpt2cli.errors import ParamError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")  # plus cuda:N
 DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
+MAX_CANDIDATES = 20  # rows of a candidate table (--top-candidates)
 MAX_SAMPLES = 64
 
 

@@ -20,8 +20,7 @@ import typer
 
 from gpt2cli import console
 from gpt2cli.commands.completion import complete_model
-from gpt2cli.types import DEVICES, DTYPES, GenerationConfig, SamplingParams
-from gpt2cli.ui.probs import MAX_CANDIDATES
+from gpt2cli.types import DEVICES, DTYPES, MAX_CANDIDATES, GenerationConfig, SamplingParams
 
 DEFAULT_PARAMS = SamplingParams()
 DEFAULT_GENERATION = GenerationConfig()

@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gpt2cli.errors import ParamError
+from gpt2cli.types import MAX_CANDIDATES
 from gpt2cli.text.tokenizer import StreamDecoder, Tokenizer
 
 if TYPE_CHECKING:
@@ -35,7 +36,6 @@ LEVELS = (
 )
 _STYLES = [Style(color=colour) for _, _, colour in LEVELS]
 BAR_WIDTH = 20
-MAX_CANDIDATES = 20  # rows of a candidate table
 _EIGHTHS = " ▏▎▍▌▋▊▉"
 Span = tuple[str, Style | None]
 
