@@ -19,8 +19,8 @@ from rich.table import Table
 from rich.text import Text
 
 from gpt2cli.errors import ParamError
-from gpt2cli.types import MAX_CANDIDATES
 from gpt2cli.text.tokenizer import StreamDecoder, Tokenizer
+from gpt2cli.types import MAX_CANDIDATES
 
 if TYPE_CHECKING:
     from gpt2cli.runtime.scoring import Candidate, CandidateStep, TextScore
