@@ -14,8 +14,10 @@ mean loss by the number of tokens it averages over.
 Target: >= 1.5x at stride 512 and 1024.
 
 Memory: the peak RSS (VmHWM) of a child process that loads a model and runs `score_text` (as
-`gpt2 score` does) on texts of growing size; a 2-layer, 64-wide model with GPT-2's vocabulary
-and window keeps it quick, since what grows with the text does not depend on the model's size.
+`gpt2 score` does) on texts of growing size, and the most memory resident between windows in
+the first and in the second half of the windows (memory that grew with the text would show
+as a second half above the first); a 2-layer, 64-wide model with GPT-2's vocabulary and window
+keeps it quick, since what grows with the text does not depend on the model's size.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import CACHE, ROOT, checkpoint  # noqa: E402
 
 HWM = "int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) / 1024"
+RSS = "int(open('/proc/self/status').read().split('VmRSS:')[1].split()[0]) / 1024"
 
 
 def load() -> str:
@@ -148,17 +151,29 @@ def memory(args) -> list[dict]:
             "from gpt2cli import load_model; from gpt2cli.runtime.scoring import score_text;"
             f"lm = load_model({str(folder)!r}, device='cpu');"
             f"text = open({str(path)!r}, encoding='utf-8').read(); t = time.perf_counter();"
-            f"r = score_text(lm, text, stride=512, tokens=False);"
-            f"print(r.scored, time.perf_counter() - t, {HWM})"
+            "halves = [0, 0]\n"
+            "def seen(done, total):\n"
+            f"    half = int(2 * done > total); halves[half] = max(halves[half], {RSS})\n"
+            f"r = score_text(lm, text, stride=512, tokens=False, progress=seen);"
+            f"print(r.scored, time.perf_counter() - t, {HWM}, *halves)"
         )
-        scored, seconds, peak = subprocess.check_output([sys.executable, "-c", code]).split()
+        out_ = subprocess.check_output([sys.executable, "-c", code]).split()
+        scored, seconds, peak, first, second = out_
         out.append(
-            {"text_mb": mb, "tokens": int(scored), "peak_rss_mb": round(float(peak)), "s": seconds}
+            {
+                "text_mb": mb,
+                "tokens": int(scored),
+                "peak_rss_mb": round(float(peak)),
+                "first_half_rss_mb": round(float(first)),
+                "second_half_rss_mb": round(float(second)),
+                "s": seconds,
+            }
         )
         if not args.json:
             print(
-                f"{mb:5.1f} MB of text, {int(scored):8d} tokens: peak RSS {float(peak):6.0f} MB "
-                f"({float(seconds):.0f} s)",
+                f"{mb:5.1f} MB of text, {int(scored):8d} tokens: peak RSS {float(peak):6.0f} MB; "
+                f"most resident between windows, first half {float(first):.0f} MB, second half "
+                f"{float(second):.0f} MB ({float(seconds):.0f} s)",
                 flush=True,
             )
     return out
