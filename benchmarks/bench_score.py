@@ -157,8 +157,8 @@ def memory(args) -> list[dict]:
             f"r = score_text(lm, text, stride=512, tokens=False, progress=seen);"
             f"print(r.scored, time.perf_counter() - t, {HWM}, *halves)"
         )
-        out_ = subprocess.check_output([sys.executable, "-c", code]).split()
-        scored, seconds, peak, first, second = out_
+        result = subprocess.check_output([sys.executable, "-c", code]).split()
+        scored, seconds, peak, first, second = result
         out.append(
             {
                 "text_mb": mb,
