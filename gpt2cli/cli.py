@@ -19,6 +19,7 @@ import typer
 from gpt2cli import __version__, console
 from gpt2cli.commands import batch, cache, generate, options, repl, score, serve
 from gpt2cli.errors import EXIT_CLOSED_PIPE, EXIT_INTERRUPTED, ClosedPipe, Interrupted, describe
+from gpt2cli.runtime import threads
 
 HELP = """Run OpenAI's GPT-2 locally: generate text, chat in a REPL, score text, continue a file of
 prompts, serve an API.
@@ -196,6 +197,7 @@ _patch_help_lazily()
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
+    threads.start_sample()  # the idle-CPU sample spans the parsing of the command line
     exit_status: list[int] = []
     atexit.register(_skip_teardown, exit_status)  # first registered: runs after all others
     # numpy is not a dependency; torch warns once that it is missing when fbgemm's packed

@@ -120,3 +120,65 @@ def test_broken_checkpoints_give_specific_errors(
         load_checkpoint(folder)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("layout", ["onednn", "int8"])
+def test_packing_on_several_threads_matches_one(tiny_checkpoint: Path, layout: str) -> None:
+    """The block matrices are transposed and packed by as many threads as torch may use: the
+    model is the same as one packed on a single thread, and torch's thread count is left as
+    it was."""
+    from gpt2cli.model.linear import Layout, choose_layout, onednn_available
+
+    if layout == "onednn" and not onednn_available():
+        pytest.skip("this torch has no oneDNN packing")
+    spec = (
+        Layout("onednn")
+        if layout == "onednn"
+        else choose_layout(torch.device("cpu"), torch.float32, int8=True)
+    )
+    ids = torch.arange(24).view(1, 24)
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            model = load_checkpoint(tiny_checkpoint, layout=spec)
+            assert torch.get_num_threads() == threads
+            outs.append(model(ids, model.new_cache(1), all_logits=True))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_mapped_tensors_match_reads(tmp_path: Path) -> None:
+    """`TensorFile.mapped` gives a tensor's bytes as `read` does, also for a tensor whose
+    offset is not a multiple of its element size (read instead of mapped) and an empty one,
+    and unmaps them afterwards."""
+    from gpt2cli.model.tensorfile import TensorFile
+
+    # written by hand: safetensors' writer orders tensors so that none is misaligned
+    tensors = {
+        "a": torch.arange(3, dtype=torch.int8),  # 3 bytes: the offsets after it are odd
+        "b": torch.randn(40, 7),
+        "c": torch.empty(0, 5),
+        "d": torch.randn(600, 33).half(),
+    }
+    codes = {torch.int8: "I8", torch.float32: "F32", torch.float16: "F16"}
+    header, data = {}, b""
+    for name, t in tensors.items():
+        raw = bytes(t.contiguous().view(torch.uint8).flatten().tolist())
+        offsets = [len(data), len(data) + len(raw)]
+        header[name] = {"dtype": codes[t.dtype], "shape": list(t.shape), "data_offsets": offsets}
+        data += raw
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data)
+    tf = TensorFile(path)
+    for name, expected in tensors.items():
+        with tf.mapped(name) as got:
+            assert got.dtype == expected.dtype and torch.equal(got, expected), name
+            assert torch.equal(tf.read(name), expected)
+    maps = Path("/proc/self/maps")
+    if maps.is_file():
+        assert str(path) not in maps.read_text()

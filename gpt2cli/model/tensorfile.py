@@ -1,21 +1,27 @@
 """Reading safetensors files: the header is parsed and validated by the `safetensors` library
 (its parser is fuzzed: offsets in bounds, contiguous, no overlap, the file exactly as long as the
 header says), then each tensor is copied straight from the file into its final buffer with
-`readinto`.
+`readinto`, or, where its bytes are only needed for a moment (a matrix about to be transposed
+and packed), mapped for that moment (`mapped`).
 
-Why not read the data with `safetensors.safe_open` too: it memory-maps the file, and every page
-it touches counts in the process's resident memory until the map closes, so loading GPT-2 small
-that way peaked at ~1.9x the file above `import torch` against ~1.1x with plain reads (VmHWM,
-measured with benchmarks/bench_decode.py). Plain reads leave those pages in the OS page cache,
-outside our RSS. Buffers are filled through a ctypes view of the tensor's memory, so no numpy
-is needed.
+Why not read the data with `safetensors.safe_open` too: it memory-maps the whole file, and every
+page it touches counts in the process's resident memory until the map closes, so loading GPT-2
+small that way peaked at ~1.9x the file above `import torch` against ~1.1x with plain reads
+(VmHWM, measured with benchmarks/bench_decode.py). Plain reads leave those pages in the OS page
+cache, outside our RSS; `mapped` maps one tensor's bytes and unmaps them when done, which keeps
+that. Why map at all: the 48 block matrices of GPT-2 small (340 MB) took 0.25 s to `readinto` a
+buffer from the page cache here (2 cores, Zen 3) and their transposing copy read straight from a
+map costs ~0.05 s more than from memory, so a map saves ~0.2 s of a 4 s cold start. Buffers are
+filled through a ctypes view of the tensor's memory, so no numpy is needed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import math
+import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +103,31 @@ class TensorFile:
             _read_into(f, out, self.path)
         return out.view(info.dtype).view(info.shape)
 
+    @contextlib.contextmanager
+    def mapped(self, name: str) -> Iterator[torch.Tensor]:
+        """The data of `name` for the duration of the block, as a tensor over a private map of
+        its bytes (unmapped at the end, so they leave this process's resident memory; the
+        tensor must not be kept). Read into a new buffer instead where the bytes cannot be
+        mapped: an empty tensor, an offset not a multiple of the element size, a file system
+        without maps."""
+        info = self.tensors[name]
+        region = None
+        if info.start % info.dtype.itemsize == 0:
+            with open(self.path, "rb", buffering=0) as f:
+                region = _map(f, info.start, info.nbytes)
+        if region is None:
+            yield self.read(name)
+            return
+        bytes_, lead = region
+        count = info.nbytes // info.dtype.itemsize
+        tensor = torch.frombuffer(bytes_, dtype=info.dtype, count=count, offset=lead)
+        try:
+            yield tensor.view(info.shape)
+        finally:
+            del tensor
+            with contextlib.suppress(BufferError):  # a view was kept: unmapped when it goes
+                bytes_.close()
+
     def read_rows(self, name: str, r0: int, r1: int) -> torch.Tensor:
         """Rows r0..r1-1 of 2-D tensor `name`, as a new tensor (a large matrix converted a block
         at a time never needs a whole temporary copy)."""
@@ -125,6 +156,22 @@ class TensorFile:
 
     def __iter__(self) -> Iterator[TensorInfo]:
         return iter(self.tensors.values())
+
+
+def _map(f: BinaryIO, start: int, nbytes: int) -> tuple[mmap.mmap, int] | None:
+    """A private map of bytes [start, start + nbytes) of `f` and the offset of `start` in it,
+    or None where the file cannot be mapped (or nbytes is 0). Private and writable, never
+    written (`torch.frombuffer` warns about read-only buffers). A file must not shrink while
+    it is mapped (reading a map past the end of a file faults): the loader maps only files
+    it has just validated, one tensor's bytes at a time."""
+    lead = start % mmap.ALLOCATIONGRANULARITY
+    if nbytes <= 0:
+        return None
+    try:
+        region = mmap.mmap(f.fileno(), lead + nbytes, access=mmap.ACCESS_COPY, offset=start - lead)
+    except (OSError, ValueError):
+        return None
+    return region, lead
 
 
 def _read_into(f: BinaryIO, out: torch.Tensor, path: Path) -> None:
