@@ -236,6 +236,7 @@ def _pack_linear(
         try:
             with tf.mapped(info.name) as conv1d:
                 module.set_weight(conv1d, scratch)
+                del conv1d  # so that the map can be closed as the block ends
         finally:
             buffers.put(scratch)
 
