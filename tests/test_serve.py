@@ -369,6 +369,7 @@ def test_a_full_queue_answers_503(one_row_server: ServerProcess, model: str) -> 
             status, got = request(server.url + "/v1/completions", {"prompt": "One more"})
             assert status == 503 and got["error"]["code"] == "queue_full"
             assert got["error"]["type"] == "server_error"
+            assert "1 request is already waiting (--max-queue 1)" in got["error"]["message"]
             running.close()  # the row frees, the waiting request runs
             assert waiting.result(timeout=60).choices[0].finish_reason in ("length", "stop")
 

@@ -117,8 +117,10 @@ def _index(files: list[Path], cfg: GPT2Config) -> dict[str, tuple[TensorFile, Te
             tf = TensorFile(file)
         except (TensorFileError, OSError) as exc:
             raise CheckpointError(
-                f"{file} is not a readable safetensors file ({exc}); it may be truncated: "
-                "delete it and download again"
+                # the Hub's files are checked before they get here (hub/integrity.py): this
+                # is a local folder's, so no advice to download it again
+                f"{file} is not a readable safetensors file ({exc}): it may be truncated "
+                "(an interrupted copy or save) or not be a safetensors file"
             ) from None
         for info in tf:
             name = info.name.removeprefix("transformer.")

@@ -57,6 +57,11 @@ class Prepared:
     text: str
 
 
+def _requests(n: int) -> str:
+    """'1 request is' / 'N requests are', for the queue-full message."""
+    return "1 request is" if n == 1 else f"{n} requests are"
+
+
 def _error_response(error: ApiError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
@@ -205,7 +210,7 @@ def create_app(
         if job.max_tokens and not engine.has_room(len(prompts)):
             raise ApiError(
                 503,
-                f"the server is busy: {engine.waiting} requests are already waiting "
+                f"the server is busy: {_requests(engine.waiting)} already waiting "
                 f"(--max-queue {engine.max_queue}); try again later",
                 type="server_error",
                 code="queue_full",
