@@ -102,7 +102,7 @@ def test_one_line_per_row_with_generates_fields(tiny_checkpoint: Path, tmp_path:
         "error": "line 6: prompt: missing (every row needs one)",
     }
     assert "temperature" in records["hot"]["error"] and set(records["hot"]) == {"id", "error"}
-    assert "2 rows had errors" in proc.stderr and "1 prompts were cut to fit" in proc.stderr
+    assert "2 rows had errors" in proc.stderr and "1 prompt was cut to fit" in proc.stderr
     assert "8 rows → " in proc.stderr and "model " in proc.stderr  # -v: which model, on what
     progress = [line for line in proc.stderr.splitlines() if line.startswith("batch: ")]
     assert len(progress) == 8  # one per row for a small file (about 20 lines for a big one)

@@ -199,3 +199,33 @@ def test_interrupted_sample_keeps_its_shift_count() -> None:
     Renderer("json", out=out, err=io.StringIO()).render(stream())
     record = json.loads(out.getvalue())
     assert record["finish_reason"] == "interrupted" and record["context_shifts"] == 2
+
+
+def test_batch_rows_past_the_window(short_window: Path, lm: LoadedModel, tmp_path: Path) -> None:
+    """`gpt2 batch --context-shift`: each row shifts as generate does and reports its shifts;
+    a row's own "context_shift" overrides the flag, and a value that is not a boolean is that
+    row's error."""
+    rows = [
+        {"prompt": PROMPT, "id": "a"},
+        {"prompt": "Hi", "id": "b"},
+        {"prompt": "Hi", "id": "off", "context_shift": False},
+        {"prompt": "Hi", "id": "bad", "context_shift": "yes"},
+    ]
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    args = ["-m", str(short_window), "-t", "0", "-n", "150", "--ignore-eos"]
+    proc = gpt2("batch", str(inp), "-o", str(out), *args, "--context-shift", "-b", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "1 row had errors" in proc.stderr
+    got = {r["id"]: r for r in map(json.loads, out.read_text(encoding="utf-8").splitlines())}
+    for key, prompt in (("a", PROMPT), ("b", "Hi")):
+        alone = complete(
+            lm, prompt, GREEDY, GenerationConfig(150, ignore_eos=True, context_shift=True)
+        )
+        record = got[key]
+        assert record["finish_reason"] == "length" and record["completion_tokens"] == 150
+        assert record["text"] == alone[0].text
+        assert record["context_shifts"] == alone[0].shifts >= 3
+    assert got["off"]["finish_reason"] == "context" and got["off"]["context_shifts"] == 0
+    assert got["bad"]["error"] == 'line 4: context_shift: must be true or false, got "yes"'

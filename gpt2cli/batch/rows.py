@@ -2,7 +2,8 @@
 line), read into rows ready to decode. No torch.
 
 A JSON Lines row is `{"prompt": ..., "id": ..., "max_tokens": ..., "temperature": ..., "top_k":
-..., "top_p": ..., "repetition_penalty": ..., "seed": ..., "stop": ..., "samples": ...}`: only
+..., "top_p": ..., "repetition_penalty": ..., "seed": ..., "stop": ..., "samples": ...,
+"context_shift": ...}`: only
 `prompt` is required; the command's flags give the other values' defaults, and every value is
 checked by gpt2cli/types.py as the flags are. A row that fails a check becomes a `BadRow` (its
 error is written to OUTPUT and the run goes on); a line that is not JSON makes the whole file bad
@@ -32,7 +33,7 @@ from gpt2cli.types import GenerationConfig, SamplingParams
 
 FORMATS = ("auto", "jsonl", "text")
 SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "repetition_penalty")
-CONFIG_FIELDS = ("max_tokens", "stop", "samples")
+CONFIG_FIELDS = ("max_tokens", "stop", "samples", "context_shift")
 ROW_FIELDS = ("prompt", "id", "seed", *SAMPLING_FIELDS, *CONFIG_FIELDS)
 SEED_SPACE = 2**53  # derived seeds stay exact in every JSON reader (jq's numbers are doubles)
 
@@ -114,6 +115,11 @@ class RowDefaults:
         seed = value["seed"] if "seed" in value else row_seed(self.params.seed or 0, row_id)
         params = dataclasses.replace(self.params, **given, seed=seed)
         changes = {k: value[k] for k in ("max_tokens", "samples") if k in value}
+        if "context_shift" in value:
+            if not isinstance(value["context_shift"], bool):
+                shift = json.dumps(value["context_shift"])[:40]
+                raise ParamError("context_shift", f"must be true or false, got {shift}")
+            changes["context_shift"] = value["context_shift"]
         config = dataclasses.replace(self.config, **changes, stop=tuple(stop))
         return Row(index, line, row_id, prompt, params, config)
 

@@ -30,7 +30,8 @@ HELP = (
     "Continue every prompt of INPUT, writing one JSON line per prompt to OUTPUT.\n\n"
     "INPUT is JSON Lines, one object per prompt: [bold]prompt[/bold] (required), [bold]id"
     "[/bold] (default: the line number), and optionally max_tokens, temperature, top_k, top_p, "
-    "repetition_penalty, seed, stop and samples, which override the flags for that row. A .txt "
+    "repetition_penalty, seed, stop, samples and context_shift, which override the flags for "
+    "that row. A .txt "
     "file (or --format text) is one prompt per line. - reads stdin.\n\n"
     "Each OUTPUT line has the fields of generate --json plus id (with samples > 1: id and a "
     "samples list); a bad row gets {id, error}. Rows are written as they finish. Run the same "
@@ -43,6 +44,7 @@ EPILOG = """[bold]Examples[/bold]
 
   gpt2 batch prompts.jsonl -o out.jsonl -n 64
   gpt2 batch questions.txt -o answers.jsonl -t 0 --stop "\\n" --ordered
+  gpt2 batch stories.jsonl -o stories.out.jsonl -n 3000 --context-shift
   cat prompts.jsonl | gpt2 batch - -o out.jsonl --workers 2
   gpt2 batch prompts.jsonl -o out.jsonl --ray 10.0.0.5:6379
 """
@@ -117,6 +119,7 @@ def batch(
     seed: Seed = 0,
     stop: options.Stop = None,
     ignore_eos: options.IgnoreEos = GEN.ignore_eos,
+    context_shift: options.ContextShift = GEN.context_shift,
     samples: Annotated[
         int,
         typer.Option(
@@ -182,7 +185,9 @@ def batch(
 ) -> None:
     # Every flag is checked before torch is imported, so a typo fails in a fraction of a second.
     params = SamplingParams(temperature, top_k, top_p, repetition_penalty, seed)
-    config = GenerationConfig(max_tokens, samples, options.stop_strings(stop), ignore_eos)
+    config = GenerationConfig(
+        max_tokens, samples, options.stop_strings(stop), ignore_eos, context_shift=context_shift
+    )
     if not 1 <= batch_size <= MAX_BATCH_SIZE:
         raise ParamError("batch_size", f"must be an integer in [1, {MAX_BATCH_SIZE}]")
     load = LoadOptions(model, device, dtype, revision, offline or None, threads, batch=batch_size)
@@ -307,9 +312,11 @@ def _report(summary: Summary, source: InputFile, out: Output, done: int, err: Co
     rate = summary.tokens / summary.seconds if summary.seconds else 0.0
     where = "stdout" if out.name == "-" else out.name
     if summary.errors:
-        console.warn(f'{summary.errors} rows had errors (written with an "error" field)', err)
+        rows = "1 row had" if summary.errors == 1 else f"{summary.errors} rows had"
+        console.warn(f'{rows} errors (written with an "error" field)', err)
     if summary.cut:
-        console.warn(f"{summary.cut} prompts were cut to fit the model's window", err)
+        cut = "1 prompt was" if summary.cut == 1 else f"{summary.cut} prompts were"
+        console.warn(f"{cut} cut to fit the model's window", err)
     if summary.interrupted:
         held = ""
         if summary.held:
