@@ -227,9 +227,10 @@ def _pack_linear(
     ]
     threads = torch.get_num_threads()
     workers = max(1, min(threads, MAX_LOAD_THREADS, len(jobs)))
+    largest = _largest_matrix(tensors)
     buffers: queue.SimpleQueue[torch.Tensor] = queue.SimpleQueue()
     for _ in range(workers):
-        buffers.put(torch.empty(_largest_matrix(tensors), dtype=dtype))
+        buffers.put(torch.empty(largest, dtype=dtype))
 
     def pack(job: tuple[nn.Module, TensorFile, TensorInfo]) -> None:
         module, tf, info = job
