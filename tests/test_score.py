@@ -177,17 +177,27 @@ def one_window_at_a_time(lm, ids: list[int], stride: int) -> list[float | None]:
     return out
 
 
+@pytest.mark.parametrize("workers", [1, 3])
 @pytest.mark.parametrize("stride", [1, 7, 64, 127, 128])
-def test_windows_batched_in_passes_score_as_one_at_a_time(tiny_checkpoint: Path, stride) -> None:
-    """Several windows per pass (and the output head on the scored rows only) give every token
-    the logprob the plain one-window-per-pass loop gives, whatever the windows per pass."""
+def test_windows_batched_in_passes_score_as_one_at_a_time(
+    tiny_checkpoint: Path, stride: int, workers: int
+) -> None:
+    """Several windows per pass (and the output head on the scored rows only, the last block
+    on the rows that reach it), passes on one thread or on several at once, give every token
+    the logprob the plain one-window-per-pass loop gives, in order."""
     lm = load_model(str(tiny_checkpoint), device="cpu")
     ids = lm.tokenizer.encode(LONG)[: 128 + 3 * stride + 5]
     expected = one_window_at_a_time(lm, ids, stride)
+    threads = torch.get_num_threads()
     for per_pass in (128, 3 * 128, 4096):
         got = [None] * len(ids)
         passes = 0
-        for part in slide(lm.model, torch.tensor(ids), 128, stride, tokens_per_pass=per_pass):
+        last = 0
+        for part in slide(
+            lm.model, torch.tensor(ids), 128, stride, tokens_per_pass=per_pass, workers=workers
+        ):
+            assert part.positions[0] > last  # in order
+            last = int(part.positions[-1])
             passes += 1
             for pos, lp in zip(part.positions.tolist(), part.logprobs.tolist()):
                 assert got[pos] is None  # each token once
@@ -197,6 +207,53 @@ def test_windows_batched_in_passes_score_as_one_at_a_time(tiny_checkpoint: Path,
             [e for e in expected if e is not None], abs=1e-5
         )
         assert passes > 1 or per_pass == 4096
+        assert torch.get_num_threads() == threads
+
+
+def test_last_block_on_the_later_rows_only(tiny_checkpoint: Path) -> None:
+    """hidden_states(ids, skip): the rows after `skip` as the whole pass gives them."""
+    lm = load_model(str(tiny_checkpoint), device="cpu")
+    ids = torch.tensor([lm.tokenizer.encode(LONG)[:128], lm.tokenizer.encode(LONG)[5:133]])
+    full = lm.model.hidden_states(ids)
+    for skip in (1, 50, 127):
+        tail = lm.model.hidden_states(ids, skip)
+        assert tail.shape == (2, 128 - skip, full.shape[-1])
+        torch.testing.assert_close(tail, full[:, skip:], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="skip"):
+        lm.model.hidden_states(ids, 128)
+
+
+def test_passes_on_workers_stop_cleanly(tiny_checkpoint: Path) -> None:
+    """Leaving the loop early, or a pass that fails, leaves torch's thread count as it was;
+    the failure reaches the caller."""
+    lm = load_model(str(tiny_checkpoint), device="cpu")
+    ids = torch.tensor(lm.tokenizer.encode(LONG)[:600])
+    threads = torch.get_num_threads()
+    parts = slide(lm.model, ids, 128, 16, tokens_per_pass=128, workers=2)
+    next(parts)
+    parts.close()
+    assert torch.get_num_threads() == threads
+
+    class Broken(RuntimeError):
+        pass
+
+    calls = []
+
+    def hidden_states(idx: torch.Tensor, skip: int = 0) -> torch.Tensor:
+        calls.append(skip)
+        if len(calls) == 3:
+            raise Broken("pass 3")
+        return real(idx, skip)
+
+    real = lm.model.hidden_states
+    lm.model.hidden_states = hidden_states  # type: ignore[method-assign]
+    try:
+        with pytest.raises(Broken):
+            list(slide(lm.model, ids, 128, 16, tokens_per_pass=128, workers=2))
+    finally:
+        del lm.model.hidden_states
+    assert torch.get_num_threads() == threads
+    assert len(calls) < len(range(0, 600 - 128, 16)) + 1  # the passes after it not all started
 
 
 def test_without_tokens_nothing_per_token_is_kept(tiny_checkpoint: Path) -> None:

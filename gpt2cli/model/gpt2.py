@@ -145,16 +145,28 @@ class Attention(nn.Module):
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, H, T, hd)
         keys, values = cache.update(self.layer, k, v, span)
+        return self.c_proj(self._attend(q, keys, values, span).transpose(1, 2).reshape(B, T, C))
+
+    def tail(self, x: torch.Tensor, skip: int) -> torch.Tensor:
+        """`forward` for rows skip.. of a chunk from position 0, with no cache: every row's keys
+        and values are computed, only the later rows' queries and outputs."""
+        B, T, C = x.shape
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        q = qkv[0][:, :, skip:]
+        y = self._attend(q, qkv[1], qkv[2], Span.chunk(skip, T - skip, x.device))
+        return self.c_proj(y.transpose(1, 2).reshape(B, T - skip, C))
+
+    def _attend(
+        self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, span: Span
+    ) -> torch.Tensor:
         if self.upcast and q.dtype != torch.float32:  # reorder_and_upcast_attn: float32 scores
-            y = F.scaled_dot_product_attention(
+            return F.scaled_dot_product_attention(
                 q.float(), keys.float(), values.float(),
                 attn_mask=span.mask, is_causal=span.causal, scale=self.scale,
             ).to(q.dtype)  # fmt: skip
-        else:
-            y = F.scaled_dot_product_attention(
-                q, keys, values, attn_mask=span.mask, is_causal=span.causal, scale=self.scale
-            )
-        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+        return F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=span.mask, is_causal=span.causal, scale=self.scale
+        )
 
 
 def _laplace(x: torch.Tensor) -> torch.Tensor:
@@ -208,6 +220,12 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: KVCache, span: Span) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache, span)
+        return x + self.mlp(self.ln_2(x))
+
+    def tail(self, x: torch.Tensor, skip: int) -> torch.Tensor:
+        """`forward` for rows skip.. only (a chunk from position 0, no cache): the rows before
+        them are attended to, but their own outputs are not computed."""
+        x = x[:, skip:] + self.attn.tail(self.ln_1(x), skip)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -296,15 +314,25 @@ class GPT2(nn.Module):
         return self._head(x[:, -1])
 
     @torch.inference_mode()
-    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
+    def hidden_states(self, idx: torch.Tensor, skip: int = 0) -> torch.Tensor:
         """idx: (batch, T) token ids at positions 0..T-1, each row its own text, with no cache.
-        Returns the final hidden states (batch, T, d), after ln_f: `head` turns the rows that
-        are wanted into logits (scoring needs a few rows of a window, not all of them)."""
+        Returns the final hidden states of positions skip..T-1, (batch, T - skip, d), after
+        ln_f: `head` turns the rows that are wanted into logits (scoring needs a few rows of a
+        window, not all of them). The first `skip` positions are context only: the last block
+        computes just their keys and values (scoring at stride 512 of 1024 saves ~2% of a
+        window's arithmetic, at stride 64 ~7%)."""
         B, T = idx.shape
         if T > self.config.n_positions:
             raise ValueError(f"{T} positions exceed the {self.config.n_positions} window")
+        if not 0 <= skip < T:
+            raise ValueError(f"skip must be in [0, {T}), got {skip}")
         x = self.embed(idx) + self.wpe[:T]
-        return self._blocks(x, NoCache(B), Span.chunk(0, T, idx.device))  # type: ignore[arg-type]
+        cache, span = NoCache(B), Span.chunk(0, T, idx.device)
+        for block in self.h[:-1]:
+            x = block(x, cache, span)  # type: ignore[arg-type]
+        last = self.h[-1]
+        x = last.tail(x, skip) if skip else last(x, cache, span)
+        return self.ln_f(x)
 
     @torch.inference_mode()
     def head(self, x: torch.Tensor) -> torch.Tensor:
