@@ -256,6 +256,14 @@ def test_passes_on_workers_stop_cleanly(tiny_checkpoint: Path) -> None:
     assert len(calls) < len(range(0, 600 - 128, 16)) + 1  # the passes after it not all started
 
 
+def test_verbose_says_how_windows_are_scored(tiny_checkpoint: Path) -> None:
+    two = score(tiny_checkpoint, "-v", "--threads", "2", SHORT)
+    assert two.returncode == 0, two.stderr
+    assert "2 windows scored side by side, 1 thread each" in two.stderr
+    one = score(tiny_checkpoint, "-v", "--threads", "1", SHORT)
+    assert one.returncode == 0 and "side by side" not in one.stderr
+
+
 def test_without_tokens_nothing_per_token_is_kept(tiny_checkpoint: Path) -> None:
     lm = load_model(str(tiny_checkpoint), device="cpu")
     seen = []

@@ -111,7 +111,12 @@ def score(
 
     lm = open_model(load)
     if verbose:
+        from gpt2cli.runtime.sliding import score_workers
+
         console.info(lm.describe())
+        workers = score_workers(lm.device, windows=sys.maxsize)
+        if workers > 1:
+            console.info(f"a long text: {workers} windows scored side by side, 1 thread each")
     if bos and lm.bos_id is None:
         console.warn(
             "this model declares no bos_token_id and has no <|endoftext|>: the first token is "
