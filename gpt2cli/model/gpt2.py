@@ -142,8 +142,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: KVCache, span: Span) -> torch.Tensor:
         B, T, C = x.shape
-        qkv = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, H, T, hd)
+        q, k, v = self._qkv(x)
         keys, values = cache.update(self.layer, k, v, span)
         return self.c_proj(self._attend(q, keys, values, span).transpose(1, 2).reshape(B, T, C))
 
@@ -151,10 +150,15 @@ class Attention(nn.Module):
         """`forward` for rows skip.. of a chunk from position 0, with no cache: every row's keys
         and values are computed, only the later rows' queries and outputs."""
         B, T, C = x.shape
-        qkv = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        q = qkv[0][:, :, skip:]
-        y = self._attend(q, qkv[1], qkv[2], Span.chunk(skip, T - skip, x.device))
+        q, k, v = self._qkv(x)
+        y = self._attend(q[:, :, skip:], k, v, Span.chunk(skip, T - skip, x.device))
         return self.c_proj(y.transpose(1, 2).reshape(B, T - skip, C))
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values of x (B, T, C), each (B, H, T, hd)."""
+        B, T, _ = x.shape
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        return qkv[0], qkv[1], qkv[2]
 
     def _attend(
         self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, span: Span

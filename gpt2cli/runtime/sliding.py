@@ -25,6 +25,7 @@ none of a window's hidden states can be reused by the next.)
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -87,10 +88,8 @@ def slide(
     if progress is not None:
         progress(0, total)
     done = 0
-    if workers == 1:
-        results: Iterator[Scored] = (_pass(model, ids, window, stride, head, p) for p in passes)
-    else:
-        results = _in_workers(model, ids, window, stride, head, passes, workers)
+    run = functools.partial(_pass, model, ids, window, stride, head)
+    results = map(run, passes) if workers == 1 else _in_workers(run, passes, workers)
     for part, count in results:
         yield part
         done += count
@@ -148,15 +147,9 @@ def _pass(
 
 
 def _in_workers(
-    model: GPT2,
-    ids: torch.Tensor,
-    window: int,
-    stride: int,
-    head: int,
-    passes: Iterator[_Pass],
-    workers: int,
+    run: Callable[[_Pass], tuple[Scored, int]], passes: Iterator[_Pass], workers: int
 ) -> Iterator[tuple[Scored, int]]:
-    """Run the passes on `workers` threads of one torch thread each, a few passes ahead of
+    """`run` each pass on `workers` threads of one torch thread each, a few passes ahead of
     what has been yielded (so that memory does not grow with the text), yielding in order.
     torch's thread count is restored at the end, and passes not started are cancelled."""
     threads = torch.get_num_threads()
@@ -164,7 +157,7 @@ def _in_workers(
     pending: deque[Future[tuple[Scored, int]]] = deque()
     try:
         for p in passes:
-            pending.append(pool.submit(_pass, model, ids, window, stride, head, p))
+            pending.append(pool.submit(run, p))
             if len(pending) > workers:
                 yield pending.popleft().result()
         while pending:
