@@ -4,6 +4,7 @@ memory of scoring as the text grows.
 
     python benchmarks/bench_score.py                        # small shape, 100,000 tokens
     python benchmarks/bench_score.py --tokens 20000 --strides 512
+    python benchmarks/bench_score.py --no-memory --rounds 2   # each side twice, in turn
     python benchmarks/bench_score.py --memory-only
 
 Throughput: tokens scored per second over the same 100,000 token ids (random: speed does not
@@ -11,6 +12,9 @@ depend on them), at each stride, both in float32; the two mean NLLs agree within
 The anchor is the guide's loop (https://huggingface.co/docs/transformers/perplexity): one
 `model(input_ids, labels=target_ids)` per window, under torch.no_grad(), weighting each window's
 mean loss by the number of tokens it averages over.
+With `--rounds N` both sides score the whole text N times at each stride, taking turns at going
+first, and the median ratio is printed: a shared machine's speed drifts over the minutes a
+side takes, and a single pair of runs reads that drift as a ratio.
 Target: >= 1.5x at stride 512 and 1024.
 
 Memory: the peak RSS (VmHWM) of a child process that loads a model and runs `score_text` (as
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -68,6 +73,65 @@ def guide_loop(model, ids, stride: int, window: int) -> tuple[float, int]:
     return nll_sum, n_tokens
 
 
+def one_round(args, lm, ref, ids: list[int], window: int, stride: int, round_: int) -> dict:
+    """Both sides over the whole text at one stride; odd rounds run transformers first, so
+    that neither side always runs in the other's wake."""
+    import torch
+
+    from gpt2cli.runtime.scoring import score_token_ids
+
+    def ours() -> tuple[float, object]:
+        t = time.perf_counter()
+        result = score_token_ids(lm, ids, stride=stride)
+        return time.perf_counter() - t, result
+
+    def theirs() -> tuple[float, tuple[float, int]]:
+        t = time.perf_counter()
+        result = guide_loop(ref, ids, stride, window)
+        return time.perf_counter() - t, result
+
+    loads = [load()]
+    if round_ % 2:
+        theirs_s, (nll_sum, scored) = theirs()
+        loads.append(load())
+        ours_s, mine = ours()
+    else:
+        ours_s, mine = ours()
+        loads.append(load())
+        theirs_s, (nll_sum, scored) = theirs()
+    loads.append(load())
+    assert scored == mine.scored, (scored, mine.scored)
+    # Same sums up to float32 rounding, which 12 random layers amplify (logits differ by up to
+    # ~3 in 5.6 of spread at GPT-2 small's shape, for the old full-logits path too)
+    assert abs(mine.nll - nll_sum / scored) <= 1e-3 * abs(nll_sum / scored)
+    r = {
+        "shape": args.shape,
+        "tokens": args.tokens,
+        "stride": stride,
+        "round": round_ + 1,
+        "first": "transformers" if round_ % 2 else "gpt2cli",
+        "windows": mine.windows,
+        "threads": torch.get_num_threads(),
+        "gpt2cli_tok_s": round(scored / ours_s, 1),
+        "transformers_tok_s": round(scored / theirs_s, 1),
+        "ratio": round(theirs_s / ours_s, 3),
+        "gpt2cli_s": round(ours_s, 1),
+        "transformers_s": round(theirs_s, 1),
+        "nll": round(mine.nll, 6),
+        "transformers_nll": round(nll_sum / scored, 6),
+        "load_average": loads,
+    }
+    if not args.json:
+        print(
+            f"stride {stride:5d} round {round_ + 1} ({r['first']} first): {r['windows']} "
+            f"windows, gpt2cli {r['gpt2cli_tok_s']:8.1f} tok/s ({ours_s:.0f} s), transformers "
+            f"{r['transformers_tok_s']:8.1f} tok/s ({theirs_s:.0f} s): {r['ratio']:.2f}x; "
+            f"load {' -> '.join(loads)}",
+            flush=True,
+        )
+    return r
+
+
 def throughput(args) -> list[dict]:
     import torch
     import transformers
@@ -90,42 +154,13 @@ def throughput(args) -> list[dict]:
 
     results = []
     for stride in args.strides:
-        loads = [load()]
-        t = time.perf_counter()
-        ours = score_token_ids(lm, ids, stride=stride)
-        ours_s = time.perf_counter() - t
-        loads.append(load())
-        t = time.perf_counter()
-        nll_sum, scored = guide_loop(ref, ids, stride, window)
-        theirs_s = time.perf_counter() - t
-        loads.append(load())
-        assert scored == ours.scored, (scored, ours.scored)
-        # Same sums up to float32 rounding, which 12 random layers amplify (logits differ by
-        # up to ~3 in 5.6 of spread at GPT-2 small's shape, for the old full-logits path too)
-        assert abs(ours.nll - nll_sum / scored) <= 1e-3 * abs(nll_sum / scored)
-        results.append(
-            {
-                "shape": args.shape,
-                "tokens": args.tokens,
-                "stride": stride,
-                "windows": ours.windows,
-                "threads": torch.get_num_threads(),
-                "gpt2cli_tok_s": round(scored / ours_s, 1),
-                "transformers_tok_s": round(scored / theirs_s, 1),
-                "ratio": round(theirs_s / ours_s, 3),
-                "gpt2cli_s": round(ours_s, 1),
-                "transformers_s": round(theirs_s, 1),
-                "nll": round(ours.nll, 6),
-                "transformers_nll": round(nll_sum / scored, 6),
-                "load_average": loads,
-            }
-        )
-        r = results[-1]
-        if not args.json:
+        for round_ in range(args.rounds):
+            results.append(one_round(args, lm, ref, ids, window, stride, round_))
+        if args.rounds > 1 and not args.json:
+            ratios = [r["ratio"] for r in results if r["stride"] == stride]
             print(
-                f"stride {stride:5d}: {r['windows']} windows, gpt2cli {r['gpt2cli_tok_s']:8.1f} "
-                f"tok/s ({ours_s:.0f} s), transformers {r['transformers_tok_s']:8.1f} tok/s "
-                f"({theirs_s:.0f} s): {r['ratio']:.2f}x; load {' -> '.join(loads)}",
+                f"stride {stride:5d}: median ratio {statistics.median(ratios):.2f}x over "
+                f"{len(ratios)} rounds ({', '.join(f'{x:.2f}' for x in ratios)})",
                 flush=True,
             )
     return results
@@ -185,6 +220,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=100_000)
     ap.add_argument("--strides", type=int, nargs="+", default=[512, 1024])
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="both sides this many times at each stride"
+    )
     ap.add_argument("--memory-mb", type=float, nargs="+", default=[0.5, 1, 5])
     ap.add_argument("--memory-only", action="store_true")
     ap.add_argument("--no-memory", action="store_true")
