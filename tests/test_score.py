@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import math
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -254,6 +256,37 @@ def test_passes_on_workers_stop_cleanly(tiny_checkpoint: Path) -> None:
         del lm.model.hidden_states
     assert torch.get_num_threads() == threads
     assert len(calls) < len(range(0, 600 - 128, 16)) + 1  # the passes after it not all started
+
+
+def test_ctrl_c_does_not_wait_for_passes_in_flight(tiny_checkpoint: Path) -> None:
+    """Ctrl-C while passes run on the worker threads ends the process at once: the workers
+    are not joined at exit (each pass here would take a minute)."""
+    code = f"""
+import time
+import torch
+from gpt2cli.runtime.loader import load_model
+from gpt2cli.runtime.sliding import slide
+lm = load_model({str(tiny_checkpoint)!r}, device="cpu")
+ids = torch.arange(600) % 50
+real = lm.model.hidden_states
+def slow(idx, skip=0):
+    time.sleep(60)
+    return real(idx, skip)
+lm.model.hidden_states = slow
+print("scoring", flush=True)
+list(slide(lm.model, ids, 128, 16, tokens_per_pass=128, workers=2))
+"""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"scoring\n"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    start = time.monotonic()
+    _, err = proc.communicate(timeout=20)
+    assert time.monotonic() - start < 10
+    assert b"KeyboardInterrupt" in err
 
 
 def test_verbose_says_how_windows_are_scored(tiny_checkpoint: Path) -> None:
