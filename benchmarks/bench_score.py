@@ -29,14 +29,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CACHE, ROOT, checkpoint  # noqa: E402
+from common import CACHE, ROOT, checkpoint, median  # noqa: E402
 
 HWM = "int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) / 1024"
 RSS = "int(open('/proc/self/status').read().split('VmRSS:')[1].split()[0]) / 1024"
@@ -159,7 +158,7 @@ def throughput(args) -> list[dict]:
         if args.rounds > 1 and not args.json:
             ratios = [r["ratio"] for r in results if r["stride"] == stride]
             print(
-                f"stride {stride:5d}: median ratio {statistics.median(ratios):.2f}x over "
+                f"stride {stride:5d}: median ratio {median(ratios):.2f}x over "
                 f"{len(ratios)} rounds ({', '.join(f'{x:.2f}' for x in ratios)})",
                 flush=True,
             )

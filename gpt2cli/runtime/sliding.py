@@ -176,15 +176,10 @@ def _in_workers(
     for _ in range(workers):
         threading.Thread(target=work, name="gpt2cli-score", daemon=True).start()
     pending: deque[Future[tuple[Scored, int]]] = deque()
-
-    def submit(p: _Pass) -> None:
-        future: Future[tuple[Scored, int]] = Future()
-        jobs.put((future, p))
-        pending.append(future)
-
     try:
         for p in passes:
-            submit(p)
+            pending.append(Future())
+            jobs.put((pending[-1], p))
             if len(pending) > workers:
                 yield pending.popleft().result()
         while pending:
