@@ -23,7 +23,7 @@ def is_gpt2_config(raw: object) -> bool:
 
 
 # transformers' activation names (`ACT2CLS`) -> the function the MLP applies. Every tanh-GELU
-# spelling is one function ("gelu_tanh"), which oneDNN fuses into the first MLP matmul.
+# spelling is one function ("gelu_tanh").
 ACTIVATIONS = {
     "gelu_new": "gelu_tanh",
     "gelu_pytorch_tanh": "gelu_tanh",

@@ -271,20 +271,16 @@ class Linear(nn.Module):
             packed = torch.ops.mkldnn._reorder_linear_weight(dense, self.spec.onednn_pack_rows)
             self.register_buffer("weight", packed)
 
-    def forward(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
-        """x W + b, then GELU (tanh approximation) when `gelu`: fused into the matmul on oneDNN."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x W + b."""
         if self.layout == "onednn":
-            op = "gelu" if gelu else "none"
-            algorithm = "tanh" if gelu else ""
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, op, [], algorithm)
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
         if self.matrix is not None:
-            y = self.matrix(x, self.bias)
-        elif self.layout == "out_in":
-            y = F.linear(x, self.weight, self.bias)
-        else:
-            y = torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight)
-            y = y.view(*x.shape[:-1], y.shape[-1])
-        return F.gelu(y, approximate="tanh") if gelu else y
+            return self.matrix(x, self.bias)
+        if self.layout == "out_in":
+            return F.linear(x, self.weight, self.bias)
+        y = torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight)
+        return y.view(*x.shape[:-1], y.shape[-1])
 
 
 def tied_head(x: torch.Tensor, embedding: torch.Tensor, layout: Layout) -> torch.Tensor:
