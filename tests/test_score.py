@@ -212,6 +212,17 @@ def test_windows_batched_in_passes_score_as_one_at_a_time(
         assert torch.get_num_threads() == threads
 
 
+def test_full_windows_are_shared_evenly_between_workers(tiny_checkpoint: Path) -> None:
+    """Two full windows and a short last one on 2 workers: a pass each, not both full ones in
+    one pass (one thread busy, the other idle after the short window)."""
+    lm = load_model(str(tiny_checkpoint), device="cpu")
+    ids = torch.arange(2 * 128 + 10) % 50
+    sizes = [len(p.logprobs) for p in slide(lm.model, ids, 128, 128, workers=2)]
+    assert sizes == [127, 127, 9]
+    one = [len(p.logprobs) for p in slide(lm.model, ids, 128, 128, workers=1)]
+    assert one == [254, 9]  # one thread: windows are still packed into its passes
+
+
 def test_last_block_on_the_later_rows_only(tiny_checkpoint: Path) -> None:
     """hidden_states(ids, skip): the rows after `skip` as the whole pass gives them."""
     lm = load_model(str(tiny_checkpoint), device="cpu")
