@@ -207,7 +207,7 @@ class MLP(nn.Module):
         # Not fused into c_fc, though oneDNN offers GELU as a post-op: measured on Zen 3 (1 and
         # 2 threads, prepacked 768 x 3072), the fused product took 10-60% longer than the
         # plain one followed by F.gelu at 16 to 1024 rows (1024 rows, 2 threads: 57 ms
-        # against 40-48), and no less at 1 row; about 7% of a scoring window's time.
+        # against 40-48), and was no faster at 1 row; about 7% of a scoring window's time.
         self.act = ACTIVATION_FUNCTIONS[config.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
