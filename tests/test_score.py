@@ -269,24 +269,37 @@ def test_passes_on_workers_stop_cleanly(tiny_checkpoint: Path) -> None:
     assert len(calls) < len(range(0, 600 - 128, 16)) + 1  # the passes after it not all started
 
 
-def test_ctrl_c_does_not_wait_for_passes_in_flight(tiny_checkpoint: Path) -> None:
-    """Ctrl-C while passes run on the worker threads ends the process at once: the workers
-    are not joined at exit (each pass here would take a minute)."""
-    code = f"""
-import time
+def scoring_script(checkpoint: Path, setup: str, consume: str) -> str:
+    """A child's script: load `checkpoint`, run `setup`, then `consume` the passes (`parts`)
+    of 600 tokens scored by 2 workers."""
+    return f"""
 import torch
 from gpt2cli.runtime.loader import load_model
 from gpt2cli.runtime.sliding import slide
-lm = load_model({str(tiny_checkpoint)!r}, device="cpu")
+lm = load_model({str(checkpoint)!r}, device="cpu")
 ids = torch.arange(600) % 50
+{setup}
+parts = slide(lm.model, ids, 128, 16, tokens_per_pass=128, workers=2)
+{consume}
+"""
+
+
+def test_ctrl_c_does_not_wait_for_passes_in_flight(tiny_checkpoint: Path) -> None:
+    """Ctrl-C while passes run on the worker threads ends the process at once: the workers
+    are not joined at exit (each pass here would take a minute)."""
+    code = scoring_script(
+        tiny_checkpoint,
+        """
+import time
 real = lm.model.hidden_states
 def slow(idx, skip=0):
     time.sleep(60)
     return real(idx, skip)
 lm.model.hidden_states = slow
 print("scoring", flush=True)
-list(slide(lm.model, ids, 128, 16, tokens_per_pass=128, workers=2))
-"""
+""",
+        "list(parts)",
+    )
     proc = subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -303,15 +316,9 @@ list(slide(lm.model, ids, 128, 16, tokens_per_pass=128, workers=2))
 def test_a_script_that_scored_side_by_side_exits_cleanly(tiny_checkpoint: Path) -> None:
     """Once the passes are done, the worker threads are joined: a daemon thread still ending
     while the interpreter finalized aborted the process (exit 134) in 12 of 20 runs."""
-    code = f"""
-import torch
-from gpt2cli.runtime.loader import load_model
-from gpt2cli.runtime.sliding import slide
-lm = load_model({str(tiny_checkpoint)!r}, device="cpu")
-torch.set_num_threads(2)
-ids = torch.arange(600) % 50
-print(sum(len(p.logprobs) for p in slide(lm.model, ids, 128, 16, tokens_per_pass=128, workers=2)))
-"""
+    code = scoring_script(
+        tiny_checkpoint, "torch.set_num_threads(2)", "print(sum(len(p.logprobs) for p in parts))"
+    )
     for _ in range(5):
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert (done.returncode, done.stdout, done.stderr) == (0, "599\n", "")

@@ -180,10 +180,11 @@ def _in_workers(
             except BaseException as exc:  # handed to the caller, as an executor does
                 future.set_exception(exc)
 
-    started: list[threading.Thread] = []
-    for _ in range(workers):
-        started.append(threading.Thread(target=work, name="gpt2cli-score", daemon=True))
-        started[-1].start()
+    started = [
+        threading.Thread(target=work, name="gpt2cli-score", daemon=True) for _ in range(workers)
+    ]
+    for thread in started:
+        thread.start()
     pending: deque[Future[tuple[Scored, int]]] = deque()
     finished = False
     try:
