@@ -223,6 +223,31 @@ def test_full_windows_are_shared_evenly_between_workers(tiny_checkpoint: Path) -
     assert one == [254, 9]  # one thread: windows are still packed into its passes
 
 
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_head_reduced_by_vocabulary_slices_as_log_softmax(
+    tiny_checkpoint: Path, dtype: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scored rows' log-probabilities, merged over slices of the vocabulary and blocks of
+    rows, are the log-softmax of the whole head's logits at the targets, wherever the target
+    falls: first or last id of a slice, the last (shorter) slice."""
+    from gpt2cli.runtime import sliding
+
+    columns = 96  # the tiny vocabulary (1000) in 11 slices, the last of 40
+    monkeypatch.setattr(sliding, "HEAD_COLUMNS", columns)
+    lm = load_model(str(tiny_checkpoint), device="cpu", dtype=dtype)
+    vocab = lm.model.config.vocab_size
+    assert vocab % columns and vocab > 4 * columns
+    edges = [0, columns - 1, columns, 2 * columns + 5, vocab - vocab % columns, vocab - 1]
+    targets = torch.tensor(edges + list(range(7, vocab, vocab // 9)))
+    ids = torch.tensor([lm.tokenizer.encode(LONG)[: len(targets)]])
+    hidden = lm.model.hidden_states(ids)[0]
+    expected = torch.log_softmax(lm.model.head(hidden), -1).gather(-1, targets[:, None])[:, 0]
+    width = columns if lm.model.head_sliceable else vocab  # int8: the whole head at once
+    for elements in (width * 4, 1 << 23):  # blocks of 4 rows, or all rows at once
+        got = sliding._logprobs(lm.model, hidden, targets, elements)
+        torch.testing.assert_close(got, expected, rtol=0, atol=2e-5)
+
+
 def test_last_block_on_the_later_rows_only(tiny_checkpoint: Path) -> None:
     """hidden_states(ids, skip): the rows after `skip` as the whole pass gives them."""
     lm = load_model(str(tiny_checkpoint), device="cpu")

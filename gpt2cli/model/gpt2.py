@@ -15,7 +15,7 @@ prefix. Where the tokens sit is a `Span`, built once per pass:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -342,6 +342,23 @@ class GPT2(nn.Module):
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Float32 logits (..., vocab) of final hidden states (..., d)."""
         return self._head(x)
+
+    @property
+    def head_sliceable(self) -> bool:
+        """Whether `head_slices` gives the vocabulary in slices (else in one piece)."""
+        return self.head_matrix is None and not self.layout.head_in_out
+
+    @torch.inference_mode()
+    def head_slices(self, x: torch.Tensor, columns: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """The float32 logits of `head(x)` a slice of the vocabulary at a time: (first token
+        id, logits (..., <= columns)) in order. Slices where the head is a dense (vocab, d)
+        matrix (rows of it are contiguous); one slice, the whole head, otherwise."""
+        if not self.head_sliceable:
+            yield 0, self._head(x)
+            return
+        weight = getattr(self, self.head_name)
+        for first in range(0, weight.shape[0], columns):
+            yield first, tied_head(x, weight[first : first + columns], self.layout)
 
     def _blocks(self, x: torch.Tensor, cache: KVCache, span: Span) -> torch.Tensor:
         for block in self.h:
