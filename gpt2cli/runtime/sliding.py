@@ -16,10 +16,10 @@ How it is fast:
   the size of the window is allocated or written. A window's rows before those it scores are
   context: the last block computes only their keys and values.
 - Only the rows that score a token reach the output head: a stride-s window needs s rows of
-  (vocab,) logits, not window rows. They are computed a block at a time (up to 1024 rows by
-  4096 tokens of the vocabulary) and each block is reduced to a running logsumexp while it is
-  in cache, instead of a (window, vocab) tensor and its log-softmax (200 MB each at GPT-2's
-  shape).
+  (vocab,) logits, not window rows. They are computed a block at a time (HEAD_ELEMENTS logits
+  shared by the passes side by side: 1024 rows by 4096 ids each with 2) and each block is
+  reduced to a running logsumexp while it is in cache, instead of a (window, vocab) tensor and
+  its log-softmax (200 MB each at GPT-2's shape).
 (Positions are absolute, so the tokens two windows share sit at different positions in each:
 none of a window's hidden states can be reused by the next.)
 """
@@ -234,15 +234,13 @@ def _logprobs(
     step = max(1, elements // width)
     for i in range(0, len(targets), step):
         wanted = targets[i : i + step, None]
-        lse: torch.Tensor | None = None
+        lse = torch.full((len(wanted),), -torch.inf, device=hidden.device)
         picked = torch.zeros(len(wanted), 1, device=hidden.device)
         for first, logits in model.head_slices(hidden[i : i + step], HEAD_COLUMNS):
-            part = torch.logsumexp(logits, dim=-1)
-            lse = part if lse is None else torch.logaddexp(lse, part)
+            lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=-1))  # -inf + x: exactly x
             inside = wanted - first
             here = (inside >= 0) & (inside < logits.shape[-1])
             column = logits.gather(-1, inside.clamp(0, logits.shape[-1] - 1))
             picked = torch.where(here, column, picked)
-        assert lse is not None
         out[i : i + step] = picked.squeeze(-1) - lse
     return out
