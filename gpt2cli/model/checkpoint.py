@@ -31,6 +31,7 @@ from gpt2cli.model.linear import (
     choose_layout,
     quantize_rows,
 )
+from gpt2cli.model.native import NativeInt8Matrix
 from gpt2cli.model.tensorfile import TensorFile, TensorFileError, TensorInfo
 
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
@@ -290,9 +291,12 @@ def _load_quantized_embedding(
         else:
             rows[r0:r1] = block
             blocks.append(Fp16Matrix(rows[r0:r1], False))  # rounded as the rows are
-    head: Int8Matrix | BlockedHead | None = None
+    head: Int8Matrix | NativeInt8Matrix | BlockedHead | None = None
     if name == "lm_head.weight" or model.config.tie_word_embeddings:
-        head = Int8Matrix(rows, scale) if scale is not None else BlockedHead(blocks)
+        if scale is None:
+            head = BlockedHead(blocks)
+        else:  # the native kernels read the embedding's own rows: no second copy
+            head = NativeInt8Matrix(rows, scale) if layout.native else Int8Matrix(rows, scale)
     if keep:
         model.set_quantized_embedding(rows, scale, head)
     else:

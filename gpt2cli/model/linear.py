@@ -21,6 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gpt2cli.model import native
+from gpt2cli.model.native import NativeInt8Matrix
+
 LINEAR_LAYOUTS = ("out_in", "in_out", "onednn", "fp16", "int8")
 
 
@@ -34,13 +37,15 @@ class Layout:
     bfloat16 has 8 significant bits, float16 11), so `--dtype bfloat16` gives bfloat16 weights
     on a CPU without bfloat16 arithmetic. `int8_max` is the largest int8 magnitude used.
     `rows`: how many rows the products will have (sequences decoded together), which oneDNN's
-    packing is tuned for (`onednn_pack_rows`)."""
+    packing is tuned for (`onednn_pack_rows`). `native`: int8 products by gpt2cli's own
+    kernels (`native.py`) instead of fbgemm's."""
 
     linear: str = "out_in"
     head_in_out: bool = False
     round_bf16: bool = False
     int8_max: int = 127
     rows: int = 1
+    native: bool = False
 
     def __post_init__(self) -> None:
         if self.linear not in LINEAR_LAYOUTS:
@@ -62,6 +67,11 @@ class Layout:
 
     def describe(self) -> str:
         """For --verbose: which kernel multiplies the weights."""
+        if self.linear == "int8" and self.native:
+            return (
+                "int8 weights (8-bit, a scale per output channel) and activations (a scale per "
+                "token), gpt2cli's own AVX2 kernels; float32 elsewhere"
+            )
         if self.linear == "int8":
             bits = "8-bit" if self.int8_max == 127 else "7-bit (no VNNI: 8-bit products saturate)"
             return (
@@ -118,8 +128,11 @@ def choose_layout(
     device: torch.device, dtype: torch.dtype, int8: bool = False, rows: int = 1
 ) -> Layout:
     """The fastest layout for decoding `rows` sequences together on `device` in `dtype` (see
-    the module docstring); with `int8`, fbgemm's int8 weights (CPU only)."""
+    the module docstring); with `int8`, int8 weights (CPU only), multiplied by gpt2cli's own
+    kernels where they run here, else by fbgemm's."""
     cpu = device.type == "cpu"
+    if int8 and native.available():
+        return Layout("int8", native=True)
     if int8:
         return Layout("int8", int8_max=127 if cpu_has_vnni() else 63)
     if cpu and dtype in (torch.float32, torch.bfloat16) and onednn_available(dtype):
@@ -225,8 +238,10 @@ class Fp16Matrix:
         return y if bias is None else y.add_(bias)
 
 
-def pack_matrix(w: torch.Tensor, layout: Layout) -> Int8Matrix | Fp16Matrix:
+def pack_matrix(w: torch.Tensor, layout: Layout) -> Int8Matrix | NativeInt8Matrix | Fp16Matrix:
     """W (out, in) packed for a quantized `layout`."""
+    if layout.linear == "int8" and layout.native:
+        return NativeInt8Matrix(*quantize_rows(w, layout.int8_max))
     if layout.linear == "int8":
         return Int8Matrix(*quantize_rows(w, layout.int8_max))
     return Fp16Matrix(w, layout.round_bf16)
@@ -239,7 +254,7 @@ class Linear(nn.Module):
         super().__init__()
         self.layout = layout.linear
         self.spec = layout
-        self.matrix: Int8Matrix | Fp16Matrix | None = None  # the quantized layouts
+        self.matrix: Int8Matrix | NativeInt8Matrix | Fp16Matrix | None = None  # quantized
         shape = (n_in, n_out) if self.layout == "in_out" else (n_out, n_in)
         self.weight = nn.Parameter(torch.empty(shape))
         self.bias = nn.Parameter(torch.empty(n_out))

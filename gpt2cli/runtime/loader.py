@@ -15,6 +15,7 @@ import torch
 
 from gpt2cli.errors import CheckpointError, CheckpointWarning, ParamError
 from gpt2cli.hub.progress import ProgressFactory
+from gpt2cli.model import native
 from gpt2cli.model.checkpoint import load_checkpoint
 from gpt2cli.model.config import GPT2Config, load_config_json
 from gpt2cli.model.generation_config import read_generation_defaults
@@ -112,7 +113,7 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     """`auto` is bfloat16 on a GPU that supports it, float32 elsewhere. `int8` (int8 weights,
-    float32 activations) is float32 here, on a CPU with fbgemm only."""
+    float32 activations) is float32 here, on an x86 CPU only."""
     name = name.lower()
     if name == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
@@ -121,8 +122,10 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "int8":
         if device.type != "cpu":
             raise ParamError("dtype", f"int8 runs on the CPU only (use --device cpu), not {device}")
-        if not fbgemm_available():
-            raise ParamError("dtype", "int8 needs fbgemm, which this torch build lacks (x86 only)")
+        if not (native.available() or fbgemm_available()):
+            raise ParamError(
+                "dtype", "int8 needs an x86 CPU (gpt2cli's AVX2 kernels or torch's fbgemm)"
+            )
         return torch.float32
     if name not in TORCH_DTYPES:
         raise ParamError("dtype", f"must be one of {', '.join(DTYPES)}, got {name!r}")

@@ -1,0 +1,485 @@
+/* int8 matrix products for decoding on x86-64 CPUs with AVX2: y = x W^T + b for W stored
+ * (out, in) as int8 with a scale per output row (`--dtype int8`), x float32 quantized per row.
+ *
+ * Why this exists (measured on a 2-core AMD EPYC Zen 3, GPT-2 small's shape, see
+ * benchmarks/README.md and gpt2cli/model/native.py): one-token decoding streams every weight
+ * once per token, so it runs at the rate the weights are read, and torch's int8 kernel
+ * (fbgemm) reads them at 7.2 GB/s on one core, its 8-bit arithmetic being the limit. Here each
+ * thread streams a contiguous block of output rows, 4 rows at a time, prefetching the next
+ * block (without the prefetch the short int8 rows ran at 4.2 GB/s on one core, with it 10.5);
+ * activations are quantized per row to [-127, 127] and multiplied with vpsignb/vpmaddubsw/
+ * vpmaddwd (no saturation: 127 * 127 * 2 < 32767) into int32 sums, exact over any row length
+ * GPT-2 has (6,400 * 127 * 127 < 2^31). The work runs on torch's OpenMP threads where the
+ * caller hands their runtime over (`use_openmp`), else on a small pool of our own. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(_WIN32)
+#define GPT2_NATIVE 1
+#include <immintrin.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <time.h>
+#else
+#define GPT2_NATIVE 0
+#endif
+
+#if GPT2_NATIVE
+
+/* ---------------------------------------------------------------------------------------------
+ * The thread pool. The caller takes part 0 of each task; workers 1..n-1 spin for `spin_ns`
+ * after a task (the next product of a decode step follows within tens of microseconds), then
+ * sleep on a condition variable, so an idle or busy machine is not held by spinning threads.
+ * ------------------------------------------------------------------------------------------- */
+
+#define MAX_THREADS 64
+
+typedef void (*task_fn)(const void *args, int part, int parts);
+
+static pthread_mutex_t run_mu = PTHREAD_MUTEX_INITIALIZER; /* one task at a time */
+static pthread_mutex_t wake_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wake_cv = PTHREAD_COND_INITIALIZER;
+static int n_workers;
+static atomic_uint generation;
+static atomic_int pending;
+static task_fn task;
+static const void *task_args;
+static int task_parts;
+static long spin_ns = 2000000;
+static unsigned first_generation[MAX_THREADS];
+
+static long elapsed_ns(const struct timespec *t0) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (t.tv_sec - t0->tv_sec) * 1000000000L + (t.tv_nsec - t0->tv_nsec);
+}
+
+static void *worker_main(void *arg) {
+    int me = (int)(intptr_t)arg;
+    unsigned seen = first_generation[me];
+    for (;;) {
+        unsigned g;
+        struct timespec t0;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        unsigned spins = 0;
+        while ((g = atomic_load_explicit(&generation, memory_order_acquire)) == seen) {
+            _mm_pause();
+            if ((++spins & 255) || elapsed_ns(&t0) < spin_ns) continue;
+            pthread_mutex_lock(&wake_mu);
+            while ((g = atomic_load_explicit(&generation, memory_order_acquire)) == seen)
+                pthread_cond_wait(&wake_cv, &wake_mu);
+            pthread_mutex_unlock(&wake_mu);
+            break;
+        }
+        seen = g;
+        if (me < task_parts) task(task_args, me, task_parts);
+        atomic_fetch_sub_explicit(&pending, 1, memory_order_acq_rel);
+    }
+    return NULL;
+}
+
+static void after_fork_in_child(void) {
+    /* the workers do not exist in a forked child: start afresh */
+    pthread_mutex_init(&run_mu, NULL);
+    pthread_mutex_init(&wake_mu, NULL);
+    pthread_cond_init(&wake_cv, NULL);
+    n_workers = 0;
+}
+
+static int ensure_workers(int wanted) {
+    static int registered;
+    if (!registered) {
+        pthread_atfork(NULL, NULL, after_fork_in_child);
+        registered = 1;
+    }
+    if (wanted > MAX_THREADS - 1) wanted = MAX_THREADS - 1;
+    while (n_workers < wanted) {
+        int me = n_workers + 1;
+        first_generation[me] = atomic_load(&generation);
+        pthread_t id;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int failed = pthread_create(&id, &attr, worker_main, (void *)(intptr_t)me);
+        pthread_attr_destroy(&attr);
+        if (failed) break;
+        n_workers++;
+    }
+    return n_workers + 1;
+}
+
+/* torch's own OpenMP runtime, when the caller hands it over (gpt2_use_openmp): the products
+ * then run on the same threads as torch's kernels, which spin and sleep by one policy. */
+typedef void (*gomp_parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
+typedef int (*omp_int_fn)(void);
+static gomp_parallel_fn gomp_parallel;
+static omp_int_fn omp_thread_num, omp_num_threads;
+
+typedef struct {
+    task_fn fn;
+    const void *args;
+} omp_job;
+
+static void omp_body(void *data) {
+    const omp_job *job = data;
+    job->fn(job->args, omp_thread_num(), omp_num_threads());
+}
+
+static void run_parallel(task_fn fn, const void *args, int parts) {
+    if (parts <= 1) {
+        fn(args, 0, 1);
+        return;
+    }
+    if (gomp_parallel) {
+        omp_job job = {fn, args};
+        gomp_parallel(omp_body, &job, (unsigned)parts, 0);
+        return;
+    }
+    pthread_mutex_lock(&run_mu);
+    int available = ensure_workers(parts - 1);
+    if (parts > available) parts = available;
+    task = fn;
+    task_args = args;
+    task_parts = parts;
+    atomic_store(&pending, n_workers);
+    pthread_mutex_lock(&wake_mu);
+    atomic_fetch_add_explicit(&generation, 1, memory_order_release);
+    pthread_cond_broadcast(&wake_cv);
+    pthread_mutex_unlock(&wake_mu);
+    fn(args, 0, parts);
+    unsigned spins = 0;
+    while (atomic_load_explicit(&pending, memory_order_acquire) > 0) {
+        _mm_pause();
+        if (++spins > 20000) sched_yield(); /* a worker was descheduled: let it run */
+    }
+    pthread_mutex_unlock(&run_mu);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Kernels. Each part of a task owns the output rows [lo, hi) of every row of x.
+ * ------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    const int8_t *w;     /* (n_out, n_in) */
+    const float *wscale; /* (n_out,) */
+    const int8_t *xq;    /* x quantized, (rows, n_in) */
+    const uint8_t *xabs; /* |xq| */
+    const float *xscale; /* (rows,): x ~ xq * xscale */
+    const float *bias;   /* (n_out,) or NULL */
+    float *y;            /* (rows, y_stride) */
+    long y_stride;
+    int rows, n_out, n_in;
+} product;
+
+static void part_range(const product *p, int part, int parts, int *lo, int *hi) {
+    /* blocks of 16 rows, so that parts never share a cache line of y */
+    int blocks = (p->n_out + 15) / 16;
+    *lo = (int)((long)blocks * part / parts) * 16;
+    *hi = (int)((long)blocks * (part + 1) / parts) * 16;
+    if (*hi > p->n_out) *hi = p->n_out;
+}
+
+__attribute__((target("avx2"))) static inline int hsum_i32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+static inline void store(const product *p, int r, int o, float v) {
+    p->y[r * p->y_stride + o] = p->bias ? v + p->bias[o] : v;
+}
+
+/* int8 weights with a scale per output row, int8 activations with a scale per row of x */
+
+__attribute__((target("avx2"))) static inline __m256i dot32_i8(__m256i w, __m256i xq,
+                                                               __m256i xabs, __m256i ones) {
+    /* sum over pairs of |x| * (w * sign x): the products of w and x, 16 int16 pairs -> 8 int32 */
+    __m256i prod = _mm256_maddubs_epi16(xabs, _mm256_sign_epi8(w, xq));
+    return _mm256_madd_epi16(prod, ones);
+}
+
+__attribute__((target("avx2"))) static void i8_task(const void *args, int part, int parts) {
+    const product *p = args;
+    const int8_t *W = p->w;
+    int n = p->n_in, n32 = n & ~31, lo, hi;
+    part_range(p, part, parts, &lo, &hi);
+    const __m256i ones = _mm256_set1_epi16(1);
+    /* x rows in groups that stay in the L2 cache while the weights stream past them */
+    int group = p->rows;
+    if ((long)group * n * 2 > 256 * 1024) group = (int)(256 * 1024 / (2L * n)) & ~3;
+    if (group < 4) group = 4;
+    for (int r0 = 0; r0 < p->rows; r0 += group) {
+        int r1 = r0 + group < p->rows ? r0 + group : p->rows;
+        int o = lo;
+        for (; o + 4 <= hi; o += 4) {
+            const int8_t *w0 = W + (size_t)o * n, *w1 = w0 + n, *w2 = w1 + n, *w3 = w2 + n;
+            /* the next block of 4 rows, prefetched while the first rows of x pass over this
+             * one: without it, rows of 768 bytes streamed at 4.2 GB/s on one core, with it
+             * 10.5 (the hardware prefetcher loses 4 short interleaved streams) */
+            const char *ahead = (const char *)(w0 + 4 * (size_t)n);
+            int r = r0;
+            for (; r + 2 <= r1 && n32 == n; r += 2) { /* two rows of x against 4 of W */
+                const int8_t *xq = p->xq + (size_t)r * n, *xq1 = xq + n;
+                const uint8_t *xa = p->xabs + (size_t)r * n, *xa1 = xa + n;
+                __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+                __m256i b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+                for (int i = 0; i < n; i += 32) {
+                    __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + i));
+                    __m256i av = _mm256_loadu_si256((const __m256i *)(xa + i));
+                    __m256i xv1 = _mm256_loadu_si256((const __m256i *)(xq1 + i));
+                    __m256i av1 = _mm256_loadu_si256((const __m256i *)(xa1 + i));
+                    if (r == r0) {
+                        _mm_prefetch(ahead + 4 * i, _MM_HINT_T0);
+                        _mm_prefetch(ahead + 4 * i + 64, _MM_HINT_T0);
+                    }
+                    __m256i w;
+#define W8(ptr) _mm256_loadu_si256((const __m256i *)((ptr) + i))
+                    w = W8(w0);
+                    a0 = _mm256_add_epi32(a0, dot32_i8(w, xv, av, ones));
+                    b0 = _mm256_add_epi32(b0, dot32_i8(w, xv1, av1, ones));
+                    w = W8(w1);
+                    a1 = _mm256_add_epi32(a1, dot32_i8(w, xv, av, ones));
+                    b1 = _mm256_add_epi32(b1, dot32_i8(w, xv1, av1, ones));
+                    w = W8(w2);
+                    a2 = _mm256_add_epi32(a2, dot32_i8(w, xv, av, ones));
+                    b2 = _mm256_add_epi32(b2, dot32_i8(w, xv1, av1, ones));
+                    w = W8(w3);
+                    a3 = _mm256_add_epi32(a3, dot32_i8(w, xv, av, ones));
+                    b3 = _mm256_add_epi32(b3, dot32_i8(w, xv1, av1, ones));
+#undef W8
+                }
+                float sx = p->xscale[r], sx1 = p->xscale[r + 1];
+                const float *ws = p->wscale + o;
+                store(p, r, o, (float)hsum_i32(a0) * ws[0] * sx);
+                store(p, r, o + 1, (float)hsum_i32(a1) * ws[1] * sx);
+                store(p, r, o + 2, (float)hsum_i32(a2) * ws[2] * sx);
+                store(p, r, o + 3, (float)hsum_i32(a3) * ws[3] * sx);
+                store(p, r + 1, o, (float)hsum_i32(b0) * ws[0] * sx1);
+                store(p, r + 1, o + 1, (float)hsum_i32(b1) * ws[1] * sx1);
+                store(p, r + 1, o + 2, (float)hsum_i32(b2) * ws[2] * sx1);
+                store(p, r + 1, o + 3, (float)hsum_i32(b3) * ws[3] * sx1);
+            }
+            for (; r < r1; r++) {
+                const int8_t *xq = p->xq + (size_t)r * n;
+                const uint8_t *xa = p->xabs + (size_t)r * n;
+                __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+                for (int i = 0; i < n32; i += 32) {
+                    __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + i));
+                    __m256i av = _mm256_loadu_si256((const __m256i *)(xa + i));
+                    if (r == r0) {
+                        _mm_prefetch(ahead + 4 * i, _MM_HINT_T0);
+                        _mm_prefetch(ahead + 4 * i + 64, _MM_HINT_T0);
+                    }
+#define W8(ptr) _mm256_loadu_si256((const __m256i *)((ptr) + i))
+                    a0 = _mm256_add_epi32(a0, dot32_i8(W8(w0), xv, av, ones));
+                    a1 = _mm256_add_epi32(a1, dot32_i8(W8(w1), xv, av, ones));
+                    a2 = _mm256_add_epi32(a2, dot32_i8(W8(w2), xv, av, ones));
+                    a3 = _mm256_add_epi32(a3, dot32_i8(W8(w3), xv, av, ones));
+#undef W8
+                }
+                int s[4] = {hsum_i32(a0), hsum_i32(a1), hsum_i32(a2), hsum_i32(a3)};
+                for (int k = 0; k < 4; k++) {
+                    const int8_t *wk = W + (size_t)(o + k) * n;
+                    for (int i = n32; i < n; i++) s[k] += wk[i] * xq[i];
+                    store(p, r, o + k, (float)s[k] * p->wscale[o + k] * p->xscale[r]);
+                }
+            }
+        }
+        for (; o < hi; o++) {
+            const int8_t *w0 = W + (size_t)o * n;
+            for (int r = r0; r < r1; r++) {
+                const int8_t *xq = p->xq + (size_t)r * n;
+                const uint8_t *xa = p->xabs + (size_t)r * n;
+                __m256i a0 = _mm256_setzero_si256();
+                for (int i = 0; i < n32; i += 32) {
+                    __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + i));
+                    __m256i av = _mm256_loadu_si256((const __m256i *)(xa + i));
+                    __m256i wv = _mm256_loadu_si256((const __m256i *)(w0 + i));
+                    a0 = _mm256_add_epi32(a0, dot32_i8(wv, xv, av, ones));
+                }
+                int s0 = hsum_i32(a0);
+                for (int i = n32; i < n; i++) s0 += w0[i] * xq[i];
+                store(p, r, o, (float)s0 * p->wscale[o] * p->xscale[r]);
+            }
+        }
+    }
+}
+
+static int cpu_ok(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2");
+}
+
+/* Each row of x to int8 by its largest magnitude: xq = round(x * 127 / max|x|) (to nearest,
+ * ties to even, as torch.round), xabs = |xq|, xscale = max|x| / 127. */
+__attribute__((target("avx2"))) static void quantize_rows(const float *x, int rows, int n,
+                                                          int8_t *xq, uint8_t *xabs,
+                                                          float *xscale) {
+    const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    const __m256i lowest = _mm256_set1_epi8(-127);
+    int n8 = n & ~7, n32 = n & ~31;
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * n;
+        int8_t *qr = xq + (size_t)r * n;
+        uint8_t *ar = xabs + (size_t)r * n;
+        __m256 vmax = _mm256_setzero_ps();
+        for (int i = 0; i < n8; i += 8)
+            vmax = _mm256_max_ps(vmax, _mm256_and_ps(_mm256_loadu_ps(xr + i), magnitude));
+        __m128 m = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
+        m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        m = _mm_max_ss(m, _mm_movehdup_ps(m));
+        float amax = _mm_cvtss_f32(m);
+        for (int i = n8; i < n; i++) {
+            float a = xr[i] < 0 ? -xr[i] : xr[i];
+            if (a > amax) amax = a;
+        }
+        float inv = amax > 0 ? 127.0f / amax : 0.0f;
+        xscale[r] = amax / 127.0f;
+        const __m256 vinv = _mm256_set1_ps(inv);
+        for (int i = 0; i < n32; i += 32) {
+            __m256i q0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + i), vinv));
+            __m256i q1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + i + 8), vinv));
+            __m256i q2 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + i + 16), vinv));
+            __m256i q3 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + i + 24), vinv));
+            __m256i q = _mm256_packs_epi16(_mm256_packs_epi32(q0, q1), _mm256_packs_epi32(q2, q3));
+            q = _mm256_max_epi8(_mm256_permutevar8x32_epi32(q, order), lowest);
+            _mm256_storeu_si256((__m256i *)(qr + i), q);
+            _mm256_storeu_si256((__m256i *)(ar + i), _mm256_abs_epi8(q));
+        }
+        for (int i = n32; i < n; i++) {
+            int v = _mm_cvtss_si32(_mm_set_ss(xr[i] * inv));
+            v = v > 127 ? 127 : v < -127 ? -127 : v;
+            qr[i] = (int8_t)v;
+            ar[i] = (uint8_t)(v < 0 ? -v : v);
+        }
+    }
+}
+
+#endif /* GPT2_NATIVE */
+
+/* ---------------------------------------------------------------------------------------------
+ * The Python module. Arguments are addresses and sizes (tensors' data_ptr() and shapes, checked
+ * by gpt2cli/model/native.py); calls with METH_FASTCALL cost well under a microsecond, where
+ * ctypes took ~9 us, and release the GIL while the product runs.
+ * ------------------------------------------------------------------------------------------- */
+
+static int ints(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, long long *out) {
+    if (nargs != want) {
+        PyErr_Format(PyExc_TypeError, "expected %zd arguments, got %zd", want, nargs);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        out[i] = PyLong_AsLongLong(args[i]);
+        if (out[i] == -1 && PyErr_Occurred()) return -1;
+    }
+    return 0;
+}
+
+/* available() -> bool: whether this build and CPU run the kernels (AVX2). */
+static PyObject *py_available(PyObject *self, PyObject *unused) {
+    (void)self, (void)unused;
+#if GPT2_NATIVE
+    return PyBool_FromLong(cpu_ok());
+#else
+    Py_RETURN_FALSE;
+#endif
+}
+
+/* use_openmp(parallel, thread_num, num_threads): run the products on the OpenMP runtime torch
+ * has loaded (addresses of GOMP_parallel, omp_get_thread_num, omp_get_num_threads; 0: on a
+ * pool of our own). */
+static PyObject *py_use_openmp(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    long long a[3];
+    if (ints(args, nargs, 3, a)) return NULL;
+#if GPT2_NATIVE
+    if (a[0] && a[1] && a[2]) {
+        omp_thread_num = (omp_int_fn)(intptr_t)a[1];
+        omp_num_threads = (omp_int_fn)(intptr_t)a[2];
+        gomp_parallel = (gomp_parallel_fn)(intptr_t)a[0];
+    } else {
+        gomp_parallel = NULL;
+    }
+#endif
+    Py_RETURN_NONE;
+}
+
+/* set_spin_us(us): how long our own pool's idle workers spin before sleeping (0: at once). */
+static PyObject *py_set_spin_us(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    long long a[1];
+    if (ints(args, nargs, 1, a)) return NULL;
+#if GPT2_NATIVE
+    spin_ns = a[0] < 0 ? 0 : (long)a[0] * 1000L;
+#endif
+    Py_RETURN_NONE;
+}
+
+#if GPT2_NATIVE
+static _Thread_local int8_t *scratch;
+static _Thread_local size_t scratch_size;
+
+static int8_t *scratch_of(size_t size) {
+    if (size > scratch_size) {
+        free(scratch);
+        scratch = malloc(size);
+        scratch_size = scratch ? size : 0;
+    }
+    return scratch;
+}
+#endif
+
+/* linear_int8(q, wscale, x, bias, y, rows, n_out, n_in, threads): y (rows, n_out) float32 =
+ * x (rows, n_in) float32 times W^T + bias for W = q * wscale[:, None] (q int8 (n_out, n_in));
+ * bias 0: none. */
+static PyObject *py_linear_int8(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    long long a[9];
+    if (ints(args, nargs, 9, a)) return NULL;
+#if GPT2_NATIVE
+    int rows = (int)a[5], n_out = (int)a[6], n_in = (int)a[7], threads = (int)a[8];
+    size_t xbytes = (size_t)rows * n_in;
+    int8_t *buf = scratch_of(2 * xbytes + sizeof(float) * (size_t)rows + 64);
+    if (!buf) return PyErr_NoMemory();
+    int8_t *xq = buf;
+    uint8_t *xabs = (uint8_t *)buf + xbytes;
+    float *xscale = (float *)(((uintptr_t)(buf + 2 * xbytes) + 63) & ~(uintptr_t)63);
+    Py_BEGIN_ALLOW_THREADS
+    quantize_rows((const float *)(intptr_t)a[2], rows, n_in, xq, xabs, xscale);
+    product p = {(const int8_t *)(intptr_t)a[0], (const float *)(intptr_t)a[1], xq, xabs, xscale,
+                 (const float *)(intptr_t)a[3], (float *)(intptr_t)a[4], n_out, rows, n_out,
+                 n_in};
+    run_parallel(i8_task, &p, threads);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+#else
+    PyErr_SetString(PyExc_RuntimeError, "gpt2cli's native kernels are not built for this CPU");
+    return NULL;
+#endif
+}
+
+static PyMethodDef methods[] = {
+    {"available", py_available, METH_NOARGS, "Whether the kernels run on this CPU."},
+    {"use_openmp", (PyCFunction)(void (*)(void))py_use_openmp, METH_FASTCALL,
+     "Run on torch's OpenMP runtime."},
+    {"set_spin_us", (PyCFunction)(void (*)(void))py_set_spin_us, METH_FASTCALL,
+     "Idle spin of our own pool's workers."},
+    {"linear_int8", (PyCFunction)(void (*)(void))py_linear_int8, METH_FASTCALL,
+     "y = x (q * wscale)^T + bias."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef kernels_module = {
+    PyModuleDef_HEAD_INIT, "_kernels", "gpt2cli's matrix products for decoding (AVX2).", -1,
+    methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&kernels_module); }
