@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from gpt2cli.errors import CheckpointError
+from gpt2cli.model import native
 from gpt2cli.model.checkpoint import load_checkpoint
 from gpt2cli.model.linear import Layout, choose_layout, fbgemm_available, onednn_available
 from gpt2cli.runtime.generate import complete
@@ -183,7 +184,10 @@ def test_default_layout_per_device_and_dtype() -> None:
     fast = Layout("onednn") if onednn_available() else Layout("in_out", head_in_out=True)
     assert choose_layout(cpu, torch.float32) == fast
     assert choose_layout(cpu, torch.bfloat16).head_in_out is False
-    sixteen = Layout("fp16") if fbgemm_available() else Layout("out_in", False)
+    if native.available():
+        sixteen = Layout("fp16", native=True)
+    else:
+        sixteen = Layout("fp16") if fbgemm_available() else Layout("out_in", False)
     assert choose_layout(cpu, torch.float16) == sixteen
     assert choose_layout(cuda, torch.bfloat16) == Layout("out_in", False)
 

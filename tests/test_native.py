@@ -133,3 +133,64 @@ def test_switched_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
         assert not layout.native and "fbgemm" in layout.describe()
     finally:
         native.kernels.cache_clear()
+
+
+@needs_native
+@pytest.mark.parametrize(
+    ("rows", "n_out", "n_in"), [(1, 64, 64), (3, 37, 96), (8, 17, 50), (1, 5, 3), (9, 130, 64)]
+)
+def test_float16_product_sums_in_float32(
+    rows: int, n_out: int, n_in: int, threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Up to MAX_ROWS rows by the kernel, more (here 9) through a float32 copy for oneDNN; the
+    same either way."""
+    monkeypatch.setattr(native.NativeF16Matrix, "MAX_ROWS", 8)
+    torch.manual_seed(rows * 1000 + n_out)
+    w = torch.randn(n_out, n_in).half()
+    x, bias = torch.randn(rows, n_in), torch.randn(n_out)
+    matrix = native.NativeF16Matrix(w)
+    for b in (None, bias):
+        want = x.double() @ w.double().t() + (0 if b is None else b.double())
+        torch.testing.assert_close(matrix(x, b), want.float(), rtol=1e-5, atol=1e-5)
+
+
+@needs_native
+def test_float16_many_rows_in_blocks_of_the_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many rows against a large matrix (an output head) go through float32 copies of a block
+    of W's rows at a time, never of all of W."""
+    torch.manual_seed(0)
+    w = torch.randn(3000, 64).half()
+    x = torch.randn(20, 64)
+    copied: list[int] = []
+    real = torch.Tensor.float
+
+    def counting(t: torch.Tensor) -> torch.Tensor:
+        copied.append(t.numel())
+        return real(t)
+
+    matrix = native.NativeF16Matrix(w)
+    monkeypatch.setattr(native.NativeF16Matrix, "BLOCK_ELEMENTS", 64 * 1000)
+    monkeypatch.setattr(native.NativeF16Matrix, "MAX_ROWS", 8)
+    monkeypatch.setattr(torch.Tensor, "float", counting)
+    y = matrix(x)
+    monkeypatch.undo()
+    torch.testing.assert_close(y, (x.double() @ w.double().t()).float(), rtol=1e-5, atol=1e-5)
+    assert copied == [64_000, 64_000, 64_000]  # 3 blocks of 1000 rows
+
+
+@needs_native
+def test_bfloat16_weights_held_as_float16_for_the_kernel(tiny_checkpoint: Path) -> None:
+    """`--dtype bfloat16` on a CPU without bfloat16 arithmetic: the weights are the bfloat16
+    roundings of the checkpoint's, held exactly in float16; the tied head reads the
+    embedding's rows."""
+    model = load_checkpoint(tiny_checkpoint, dtype=torch.bfloat16)
+    if not (model.layout.linear == "fp16" and model.layout.native):
+        pytest.skip("this CPU multiplies bfloat16 natively (oneDNN)")
+    ref = load_checkpoint(tiny_checkpoint, layout=Layout("out_in"))
+    assert model.wte.dtype == torch.float16
+    assert torch.equal(model.wte.float(), ref.wte.detach().bfloat16().float())
+    head = model.head_matrix
+    assert isinstance(head, native.NativeF16Matrix) and head.w.data_ptr() == model.wte.data_ptr()
+    fc = model.h[0].mlp.c_fc.matrix
+    assert isinstance(fc, native.NativeF16Matrix)
+    assert torch.equal(fc.w.float(), ref.h[0].mlp.c_fc.weight.detach().bfloat16().float())

@@ -1,16 +1,19 @@
-/* int8 matrix products for decoding on x86-64 CPUs with AVX2: y = x W^T + b for W stored
- * (out, in) as int8 with a scale per output row (`--dtype int8`), x float32 quantized per row.
+/* Matrix products for decoding on x86-64 CPUs with AVX2, FMA and F16C: y = x W^T + b for a few
+ * rows of x (float32) against W stored (out, in) as int8 with a scale per output row (`--dtype
+ * int8`) or as float16 (`--dtype bfloat16` and `float16` on a CPU without bfloat16 arithmetic).
  *
  * Why this exists (measured on a 2-core AMD EPYC Zen 3, GPT-2 small's shape, see
  * benchmarks/README.md and gpt2cli/model/native.py): one-token decoding streams every weight
- * once per token, so it runs at the rate the weights are read, and torch's int8 kernel
- * (fbgemm) reads them at 7.2 GB/s on one core, its 8-bit arithmetic being the limit. Here each
- * thread streams a contiguous block of output rows, 4 rows at a time, prefetching the next
- * block (without the prefetch the short int8 rows ran at 4.2 GB/s on one core, with it 10.5);
- * activations are quantized per row to [-127, 127] and multiplied with vpsignb/vpmaddubsw/
- * vpmaddwd (no saturation: 127 * 127 * 2 < 32767) into int32 sums, exact over any row length
- * GPT-2 has (6,400 * 127 * 127 < 2^31). The work runs on torch's OpenMP threads where the
- * caller hands their runtime over (`use_openmp`), else on a small pool of our own. */
+ * once per token, so it runs at the rate the weights are read, and torch's kernels read them
+ * slower than the machine can: fbgemm's int8 product at 7.2 GB/s on one core (its 8-bit
+ * arithmetic is the limit), and llama.cpp decoded faster at every precision. Here each thread
+ * streams a contiguous block of output rows, 4 rows at a time, prefetching the next block
+ * (without the prefetch, int8 rows of 768 values streamed at 4.2 GB/s on one core, with it
+ * 10.5). int8 activations are quantized per row to [-127, 127] and multiplied with vpsignb /
+ * vpmaddubsw / vpmaddwd (no saturation: 127 * 127 * 2 < 32767) into int32 sums, exact over any
+ * row length GPT-2 has (6,400 * 127 * 127 < 2^31); float16 weights are widened with vcvtph2ps
+ * and summed in float32. The work runs on torch's OpenMP threads where the caller hands their
+ * runtime over (`use_openmp`), else on a small pool of our own. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -19,7 +22,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(_WIN32)
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
 #define GPT2_NATIVE 1
 #include <immintrin.h>
 #include <pthread.h>
@@ -166,9 +169,10 @@ static void run_parallel(task_fn fn, const void *args, int parts) {
  * ------------------------------------------------------------------------------------------- */
 
 typedef struct {
-    const int8_t *w;     /* (n_out, n_in) */
-    const float *wscale; /* (n_out,) */
-    const int8_t *xq;    /* x quantized, (rows, n_in) */
+    const void *w;       /* (n_out, n_in): int8 or float16 */
+    const float *wscale; /* int8: (n_out,) */
+    const float *x;      /* float16: x, (rows, n_in) */
+    const int8_t *xq;    /* int8: x quantized, (rows, n_in) */
     const uint8_t *xabs; /* |xq| */
     const float *xscale; /* (rows,): x ~ xq * xscale */
     const float *bias;   /* (n_out,) or NULL */
@@ -194,6 +198,63 @@ __attribute__((target("avx2"))) static inline int hsum_i32(__m256i v) {
 
 static inline void store(const product *p, int r, int o, float v) {
     p->y[r * p->y_stride + o] = p->bias ? v + p->bias[o] : v;
+}
+
+/* float16 weights (bfloat16 values rounded to float16: exact over float16's normal range),
+ * float32 activations and sums */
+
+__attribute__((target("avx2,fma"))) static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+__attribute__((target("avx2,fma,f16c"))) static inline __m256 load_f16(const uint16_t *w) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)w));
+}
+
+__attribute__((target("avx2,fma,f16c"))) static void f16_task(const void *args, int part,
+                                                               int parts) {
+    const product *p = args;
+    const uint16_t *W = p->w;
+    int n = p->n_in, n8 = n & ~7, lo, hi;
+    part_range(p, part, parts, &lo, &hi);
+    int o = lo;
+    for (; o + 4 <= hi; o += 4) {
+        const uint16_t *w0 = W + (size_t)o * n, *w1 = w0 + n, *w2 = w1 + n, *w3 = w2 + n;
+        const char *ahead = (const char *)(w0 + 4 * (size_t)n); /* as in i8_task */
+        for (int r = 0; r < p->rows; r++) {
+            const float *x = p->x + (size_t)r * n;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (int i = 0; i < n8; i += 8) {
+                __m256 xv = _mm256_loadu_ps(x + i);
+                if (r == 0) _mm_prefetch(ahead + 8 * i, _MM_HINT_T0);
+                a0 = _mm256_fmadd_ps(load_f16(w0 + i), xv, a0);
+                a1 = _mm256_fmadd_ps(load_f16(w1 + i), xv, a1);
+                a2 = _mm256_fmadd_ps(load_f16(w2 + i), xv, a2);
+                a3 = _mm256_fmadd_ps(load_f16(w3 + i), xv, a3);
+            }
+            float s[4] = {hsum(a0), hsum(a1), hsum(a2), hsum(a3)};
+            for (int k = 0; k < 4; k++) {
+                const uint16_t *wk = W + (size_t)(o + k) * n;
+                for (int i = n8; i < n; i++) s[k] += _cvtsh_ss(wk[i]) * x[i];
+                store(p, r, o + k, s[k]);
+            }
+        }
+    }
+    for (; o < hi; o++) {
+        const uint16_t *w0 = W + (size_t)o * n;
+        for (int r = 0; r < p->rows; r++) {
+            const float *x = p->x + (size_t)r * n;
+            __m256 a0 = _mm256_setzero_ps();
+            for (int i = 0; i < n8; i += 8)
+                a0 = _mm256_fmadd_ps(load_f16(w0 + i), _mm256_loadu_ps(x + i), a0);
+            float s0 = hsum(a0);
+            for (int i = n8; i < n; i++) s0 += _cvtsh_ss(w0[i]) * x[i];
+            store(p, r, o, s0);
+        }
+    }
 }
 
 /* int8 weights with a scale per output row, int8 activations with a scale per row of x */
@@ -314,7 +375,8 @@ __attribute__((target("avx2"))) static void i8_task(const void *args, int part, 
 
 static int cpu_ok(void) {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
 }
 
 /* Each row of x to int8 by its largest magnitude: xq = round(x * 127 / max|x|) (to nearest,
@@ -383,7 +445,7 @@ static int ints(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, long l
     return 0;
 }
 
-/* available() -> bool: whether this build and CPU run the kernels (AVX2). */
+/* available() -> bool: whether this build and CPU run the kernels (AVX2, FMA, F16C). */
 static PyObject *py_available(PyObject *self, PyObject *unused) {
     (void)self, (void)unused;
 #if GPT2_NATIVE
@@ -454,10 +516,31 @@ static PyObject *py_linear_int8(PyObject *self, PyObject *const *args, Py_ssize_
     float *xscale = (float *)(((uintptr_t)(buf + 2 * xbytes) + 63) & ~(uintptr_t)63);
     Py_BEGIN_ALLOW_THREADS
     quantize_rows((const float *)(intptr_t)a[2], rows, n_in, xq, xabs, xscale);
-    product p = {(const int8_t *)(intptr_t)a[0], (const float *)(intptr_t)a[1], xq, xabs, xscale,
+    product p = {(const void *)(intptr_t)a[0], (const float *)(intptr_t)a[1], NULL, xq, xabs, xscale,
                  (const float *)(intptr_t)a[3], (float *)(intptr_t)a[4], n_out, rows, n_out,
                  n_in};
     run_parallel(i8_task, &p, threads);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+#else
+    PyErr_SetString(PyExc_RuntimeError, "gpt2cli's native kernels are not built for this CPU");
+    return NULL;
+#endif
+}
+
+/* linear_f16(w, x, bias, y, rows, n_out, n_in, threads): y (rows, n_out) float32 = x (rows,
+ * n_in) float32 times W^T + bias, W float16 (n_out, n_in); bias 0: none. */
+static PyObject *py_linear_f16(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    long long a[8];
+    if (ints(args, nargs, 8, a)) return NULL;
+#if GPT2_NATIVE
+    product p = {(const void *)(intptr_t)a[0], NULL, (const float *)(intptr_t)a[1], NULL, NULL,
+                 NULL, (const float *)(intptr_t)a[2], (float *)(intptr_t)a[3], a[5], (int)a[4],
+                 (int)a[5], (int)a[6]};
+    int threads = (int)a[7];
+    Py_BEGIN_ALLOW_THREADS
+    run_parallel(f16_task, &p, threads);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 #else
@@ -474,6 +557,8 @@ static PyMethodDef methods[] = {
      "Idle spin of our own pool's workers."},
     {"linear_int8", (PyCFunction)(void (*)(void))py_linear_int8, METH_FASTCALL,
      "y = x (q * wscale)^T + bias."},
+    {"linear_f16", (PyCFunction)(void (*)(void))py_linear_f16, METH_FASTCALL,
+     "y = x W^T + bias, W float16."},
     {NULL, NULL, 0, NULL},
 };
 

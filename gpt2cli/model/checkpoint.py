@@ -28,10 +28,12 @@ from gpt2cli.model.linear import (
     Int8Matrix,
     Layout,
     Linear,
+    QuantizedMatrix,
     choose_layout,
     quantize_rows,
+    sixteen_bits,
 )
-from gpt2cli.model.native import NativeInt8Matrix
+from gpt2cli.model.native import NativeF16Matrix, NativeInt8Matrix
 from gpt2cli.model.tensorfile import TensorFile, TensorFileError, TensorInfo
 
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
@@ -277,7 +279,8 @@ def _load_quantized_embedding(
     vocab, d = info.shape
     int8 = layout.linear == "int8"
     keep = name == "wte.weight"  # looked up by token id; an untied lm_head only multiplies
-    rows = torch.empty(vocab, d, dtype=torch.int8 if int8 else _16BIT[layout.round_bf16])
+    sixteen = torch.float16 if layout.native else _16BIT[layout.round_bf16]
+    rows = torch.empty(vocab, d, dtype=torch.int8 if int8 else sixteen)
     scale = torch.empty(vocab) if int8 else None
     blocks: list[Fp16Matrix] = []
     step = 4096 if scratch is None else max(1, scratch.numel() // d)
@@ -288,14 +291,16 @@ def _load_quantized_embedding(
             block = scratch[: (r1 - r0) * d].view(r1 - r0, d).copy_(block)
         if scale is not None:
             rows[r0:r1], scale[r0:r1] = quantize_rows(block, layout.int8_max)
+        elif layout.native:
+            rows[r0:r1] = sixteen_bits(block, layout.round_bf16)
         else:
             rows[r0:r1] = block
             blocks.append(Fp16Matrix(rows[r0:r1], False))  # rounded as the rows are
-    head: Int8Matrix | NativeInt8Matrix | BlockedHead | None = None
+    head: QuantizedMatrix | BlockedHead | None = None
     if name == "lm_head.weight" or model.config.tie_word_embeddings:
-        if scale is None:
-            head = BlockedHead(blocks)
-        else:  # the native kernels read the embedding's own rows: no second copy
+        if scale is None:  # the native kernels read the embedding's own rows, as for int8
+            head = NativeF16Matrix(rows) if layout.native else BlockedHead(blocks)
+        else:
             head = NativeInt8Matrix(rows, scale) if layout.native else Int8Matrix(rows, scale)
     if keep:
         model.set_quantized_embedding(rows, scale, head)

@@ -23,8 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpt2cli.model.config import GPT2Config
-from gpt2cli.model.linear import BlockedHead, Fp16Matrix, Int8Matrix, Layout, Linear, tied_head
-from gpt2cli.model.native import NativeInt8Matrix
+from gpt2cli.model.linear import BlockedHead, Layout, Linear, QuantizedMatrix, tied_head
 
 
 @dataclass(frozen=True)
@@ -248,7 +247,7 @@ class GPT2(nn.Module):
         self.layout = layout = layout or Layout()
         in_out = layout.head_in_out
         vocab, d = config.vocab_size, config.n_embd
-        self.head_matrix: Int8Matrix | NativeInt8Matrix | Fp16Matrix | BlockedHead | None = None
+        self.head_matrix: QuantizedMatrix | BlockedHead | None = None
         self.wte_scale: torch.Tensor | None = None
         if layout.quantized:
             self.head_name = ""
@@ -269,7 +268,7 @@ class GPT2(nn.Module):
         self,
         rows: torch.Tensor,
         scale: torch.Tensor | None,
-        head: Int8Matrix | NativeInt8Matrix | Fp16Matrix | BlockedHead | None,
+        head: QuantizedMatrix | BlockedHead | None,
     ) -> None:
         """A quantized layout's embedding: its rows (int8 with per-row `scale`, or 16-bit), and
         the packed output head made from them when the head is tied (None: untied)."""

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpt2cli.model import native
-from gpt2cli.model.native import NativeInt8Matrix
+from gpt2cli.model.native import NativeF16Matrix, NativeInt8Matrix
 
 LINEAR_LAYOUTS = ("out_in", "in_out", "onednn", "fp16", "int8")
 
@@ -37,8 +37,8 @@ class Layout:
     bfloat16 has 8 significant bits, float16 11), so `--dtype bfloat16` gives bfloat16 weights
     on a CPU without bfloat16 arithmetic. `int8_max` is the largest int8 magnitude used.
     `rows`: how many rows the products will have (sequences decoded together), which oneDNN's
-    packing is tuned for (`onednn_pack_rows`). `native`: int8 products by gpt2cli's own
-    kernels (`native.py`) instead of fbgemm's."""
+    packing is tuned for (`onednn_pack_rows`). `native`: the quantized layouts' products by
+    gpt2cli's own kernels (`native.py`) instead of fbgemm's."""
 
     linear: str = "out_in"
     head_in_out: bool = False
@@ -80,6 +80,8 @@ class Layout:
             )
         if self.linear == "fp16":
             held = "bfloat16 weights held as float16" if self.round_bf16 else "float16 weights"
+            if self.native:
+                return f"{held}, gpt2cli's own AVX2 kernels for decoding; float32 activations"
             return f"fbgemm {held}, float32 activations"
         if self.linear == "onednn":
             return f"oneDNN prepacked for {self.onednn_pack_rows} row(s)"
@@ -137,8 +139,9 @@ def choose_layout(
         return Layout("int8", int8_max=127 if cpu_has_vnni() else 63)
     if cpu and dtype in (torch.float32, torch.bfloat16) and onednn_available(dtype):
         return Layout("onednn", head_in_out=False, rows=rows)
-    if cpu and dtype in (torch.bfloat16, torch.float16) and fbgemm_available():
-        return Layout("fp16", round_bf16=dtype == torch.bfloat16)
+    sixteen = cpu and dtype in (torch.bfloat16, torch.float16)
+    if sixteen and (native.available() or fbgemm_available()):
+        return Layout("fp16", round_bf16=dtype == torch.bfloat16, native=native.available())
     cpu_fp32 = cpu and dtype == torch.float32
     return Layout("in_out" if cpu_fp32 else "out_in", head_in_out=cpu_fp32)
 
@@ -238,10 +241,20 @@ class Fp16Matrix:
         return y if bias is None else y.add_(bias)
 
 
-def pack_matrix(w: torch.Tensor, layout: Layout) -> Int8Matrix | NativeInt8Matrix | Fp16Matrix:
+QuantizedMatrix = Int8Matrix | NativeInt8Matrix | Fp16Matrix | NativeF16Matrix
+
+
+def sixteen_bits(w: torch.Tensor, round_bf16: bool) -> torch.Tensor:
+    """`w` as float16 for the native kernels, rounded to bfloat16 first with `round_bf16`."""
+    return (w.to(torch.bfloat16) if round_bf16 else w).to(torch.float16)
+
+
+def pack_matrix(w: torch.Tensor, layout: Layout) -> QuantizedMatrix:
     """W (out, in) packed for a quantized `layout`."""
     if layout.linear == "int8" and layout.native:
         return NativeInt8Matrix(*quantize_rows(w, layout.int8_max))
+    if layout.native:
+        return NativeF16Matrix(sixteen_bits(w, layout.round_bf16))
     if layout.linear == "int8":
         return Int8Matrix(*quantize_rows(w, layout.int8_max))
     return Fp16Matrix(w, layout.round_bf16)
@@ -254,7 +267,7 @@ class Linear(nn.Module):
         super().__init__()
         self.layout = layout.linear
         self.spec = layout
-        self.matrix: Int8Matrix | NativeInt8Matrix | Fp16Matrix | None = None  # quantized
+        self.matrix: QuantizedMatrix | None = None  # the quantized layouts
         shape = (n_in, n_out) if self.layout == "in_out" else (n_out, n_in)
         self.weight = nn.Parameter(torch.empty(shape))
         self.bias = nn.Parameter(torch.empty(n_out))

@@ -1,11 +1,14 @@
 """gpt2cli's own matrix products for decoding: the C extension `_kernels` (built from
-`_kernels.c` at `pip install` where a C compiler is found). Absent where it was not built, the
-CPU lacks AVX2, or `GPT2CLI_NATIVE=0` is set: `linear.py` then uses torch's kernels.
+`_kernels.c` at `pip install` where a C compiler is found), for int8 weights (`--dtype int8`)
+and 16-bit weights held as float16 (`--dtype bfloat16` or `float16` on a CPU without bfloat16
+arithmetic). Absent where it was not built, the CPU lacks AVX2/FMA/F16C, or `GPT2CLI_NATIVE=0`
+is set: `linear.py` then uses torch's kernels (fbgemm).
 
 Why by hand: one-token decoding streams every weight once per token, and torch's int8 kernel
 (fbgemm) read GPT-2 small's int8 weights at 12-13 GB/s on 2 cores of a Zen 3 EPYC, 7 GB/s on one
 (its 8-bit arithmetic, not memory, is the limit), where llama.cpp's Q8_0 decoded ~1.3x faster.
-These kernels read them at up to 18.6 GB/s there (benchmarks/README.md, section 1-2).
+These kernels read them at up to 18.6 GB/s there, and float16 weights at up to 17.6 GB/s where
+fbgemm's float16 product read ~13 (benchmarks/README.md, sections 1-2).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from functools import cache
 from types import ModuleType
 
 import torch
+import torch.nn.functional as F
 
 
 @cache
@@ -94,6 +98,57 @@ class NativeInt8Matrix:
         y = torch.empty(*x.shape[:-1], self.n_out)
         self.linear(
             *self.pointers, x.data_ptr(), 0 if bias is None else bias.data_ptr(), y.data_ptr(),
+            rows, self.n_out, self.n_in, torch.get_num_threads(),
+        )  # fmt: skip
+        return y
+
+
+def _dense(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x W^T for a float32 W (out, in) used once: oneDNN takes it unpacked, and ran 24% faster
+    than `F.linear` on the prompt's products above."""
+    if torch.backends.mkldnn.is_available():
+        return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+    return F.linear(x, w)
+
+
+class NativeF16Matrix:
+    """x (..., in) float32 -> x W^T (..., out) float32 with W held as float16 (out, in): up to
+    MAX_ROWS rows (decoding, batches) by the native kernel, float32 sums; more (a prompt, a scored
+    window) by `F.linear` on a float32 copy of W made for the call, since a product of many rows
+    is bound by arithmetic, not by reading W (measured on the 2-core EPYC, 512 rows of GPT-2
+    small's 48 block matrices, conversions included: oneDNN 727-760 ms, `F.linear` 963-1002,
+    fbgemm's float16 GEMM 573-724). `w` is held, not copied, so a 16-bit token embedding is
+    also the output head."""
+
+    # the kernel re-reads W from cache for each row; measured on GPT-2 small's 48 block matrices
+    # (2 threads): 4 rows 19.8 ms against 62.7 converting for oneDNN, 16 rows 53 / 97, 32 rows
+    # 102 / 118, 64 rows 178 / 182
+    MAX_ROWS = 64
+    BLOCK_ELEMENTS = 1 << 22  # of W in float32 at a time, for more rows: 16 MB
+
+    def __init__(self, w: torch.Tensor) -> None:
+        lib = kernels()
+        if lib is None:
+            raise RuntimeError("the native kernels are not available here")
+        if w.dtype != torch.float16:
+            raise ValueError(f"float16 weights expected, got {w.dtype}")
+        self.linear = lib.linear_f16
+        self.w = w.contiguous()
+        self.n_out, self.n_in = w.shape
+        self.pointer = self.w.data_ptr()
+
+    def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if x.dtype != torch.float32 or not x.is_contiguous():
+            x = x.float().contiguous()
+        rows = x.numel() // self.n_in
+        if rows > self.MAX_ROWS:  # in blocks of W's rows: a float32 head would be 154 MB
+            step = max(1, self.BLOCK_ELEMENTS // self.n_in)
+            parts = [_dense(x, self.w[i : i + step].float()) for i in range(0, self.n_out, step)]
+            y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+            return y if bias is None else y.add_(bias)
+        y = torch.empty(*x.shape[:-1], self.n_out)
+        self.linear(
+            self.pointer, x.data_ptr(), 0 if bias is None else bias.data_ptr(), y.data_ptr(),
             rows, self.n_out, self.n_in, torch.get_num_threads(),
         )  # fmt: skip
         return y
