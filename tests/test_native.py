@@ -124,6 +124,15 @@ def test_the_int8_head_reads_the_embedding_rows(tiny_checkpoint: Path) -> None:
     torch.testing.assert_close(model.head(h), want, rtol=1e-5, atol=1e-5)
 
 
+@needs_native
+def test_a_wrong_width_is_an_error_not_a_read_past_the_input() -> None:
+    q, scale = quantize_rows(torch.randn(8, 64), 127)
+    with pytest.raises(ValueError, match="expected 64 input features, got 32"):
+        native.NativeInt8Matrix(q, scale)(torch.randn(1, 32))
+    with pytest.raises(ValueError, match="expected 64 input features"):
+        native.NativeF16Matrix(torch.randn(8, 64).half())(torch.randn(1, 32))
+
+
 def test_switched_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GPT2CLI_NATIVE", "0")
     native.kernels.cache_clear()

@@ -445,6 +445,13 @@ static int ints(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, long l
     return 0;
 }
 
+#if !GPT2_NATIVE
+static PyObject *not_built(void) {
+    PyErr_SetString(PyExc_RuntimeError, "gpt2cli's native kernels are not built for this CPU");
+    return NULL;
+}
+#endif
+
 /* available() -> bool: whether this build and CPU run the kernels (AVX2, FMA, F16C). */
 static PyObject *py_available(PyObject *self, PyObject *unused) {
     (void)self, (void)unused;
@@ -523,8 +530,7 @@ static PyObject *py_linear_int8(PyObject *self, PyObject *const *args, Py_ssize_
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 #else
-    PyErr_SetString(PyExc_RuntimeError, "gpt2cli's native kernels are not built for this CPU");
-    return NULL;
+    return not_built();
 #endif
 }
 
@@ -544,8 +550,7 @@ static PyObject *py_linear_f16(PyObject *self, PyObject *const *args, Py_ssize_t
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 #else
-    PyErr_SetString(PyExc_RuntimeError, "gpt2cli's native kernels are not built for this CPU");
-    return NULL;
+    return not_built();
 #endif
 }
 
