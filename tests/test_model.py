@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -133,8 +134,8 @@ def test_kv_cache_equals_full_recompute(tiny_checkpoint: Path) -> None:
 def test_half_precision_close_to_float32(tiny_checkpoint: Path, dtype: torch.dtype) -> None:
     full = load_checkpoint(tiny_checkpoint)
     half = load_checkpoint(tiny_checkpoint, dtype=dtype)
-    # 16-bit weights packed by fbgemm compute in float32 (tests/test_quantized.py)
-    assert half.wpe.dtype == (torch.float32 if half.layout.quantized else dtype)
+    # 16-bit weights held by matrix objects compute in float32 (tests/test_quantized.py)
+    assert half.wpe.dtype == (torch.float32 if half.layout.in_matrices else dtype)
     ids = torch.arange(20).view(1, 20)
     a = full(ids, full.new_cache(1), all_logits=True)
     b = half(ids, half.new_cache(1), all_logits=True)
@@ -181,13 +182,16 @@ def test_engine_uses_static_decoder_when_asked(tiny_checkpoint: Path) -> None:
 
 def test_default_layout_per_device_and_dtype() -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    fast = Layout("onednn") if onednn_available() else Layout("in_out", head_in_out=True)
-    assert choose_layout(cpu, torch.float32) == fast
-    assert choose_layout(cpu, torch.bfloat16).head_in_out is False
-    if native.available():
+    packed = Layout("onednn") if onednn_available() else Layout("in_out", head_in_out=True)
+    if native.available():  # one sequence: gpt2cli's kernels for every precision
+        assert choose_layout(cpu, torch.float32) == Layout("f32", native=True)
+        assert choose_layout(cpu, torch.bfloat16) == Layout("fp16", round_bf16=True, native=True)
         sixteen = Layout("fp16", native=True)
     else:
+        assert choose_layout(cpu, torch.float32) == packed
         sixteen = Layout("fp16") if fbgemm_available() else Layout("out_in", False)
+    assert choose_layout(cpu, torch.float32, rows=4) == dataclasses.replace(packed, rows=4)
+    assert choose_layout(cpu, torch.bfloat16).head_in_out is False
     assert choose_layout(cpu, torch.float16) == sixteen
     assert choose_layout(cuda, torch.bfloat16) == Layout("out_in", False)
 

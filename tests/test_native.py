@@ -1,7 +1,10 @@
-"""gpt2cli's own int8 products (gpt2cli/model/_kernels.c through native.py): exact against the
+"""gpt2cli's own products (gpt2cli/model/_kernels.c through native.py). int8: exact against the
 same integer arithmetic done by torch, on every code path of the kernel (rows of x taken two at
 a time and alone, weight rows four at a time and alone, lengths that are not a multiple of 32,
-x rows in several L2-sized groups), on torch's OpenMP threads and on the kernel's own pool."""
+x rows in several L2-sized groups), on torch's OpenMP threads and on the kernel's own pool.
+float32, float16 and bfloat16 weights: against float64 arithmetic, few rows by the kernel and
+many by oneDNN; the layouts that use them hold the checkpoint's values and share the tied
+head's storage with the embedding."""
 
 from __future__ import annotations
 
@@ -130,7 +133,9 @@ def test_a_wrong_width_is_an_error_not_a_read_past_the_input() -> None:
     with pytest.raises(ValueError, match="expected 64 input features, got 32"):
         native.NativeInt8Matrix(q, scale)(torch.randn(1, 32))
     with pytest.raises(ValueError, match="expected 64 input features"):
-        native.NativeF16Matrix(torch.randn(8, 64).half())(torch.randn(1, 32))
+        native.NativeDenseMatrix(torch.randn(8, 64).half())(torch.randn(1, 32))
+    with pytest.raises(ValueError, match="float32, float16 or bfloat16 weights expected"):
+        native.NativeDenseMatrix(torch.randn(8, 64).double())
 
 
 def test_switched_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,28 +150,45 @@ def test_switched_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 @needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize(
     ("rows", "n_out", "n_in"), [(1, 64, 64), (3, 37, 96), (8, 17, 50), (1, 5, 3), (9, 130, 64)]
 )
-def test_float16_product_sums_in_float32(
-    rows: int, n_out: int, n_in: int, threads: int, monkeypatch: pytest.MonkeyPatch
+def test_dense_product_sums_in_float32(
+    dtype: torch.dtype,
+    rows: int,
+    n_out: int,
+    n_in: int,
+    threads: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Up to MAX_ROWS rows by the kernel, more (here 9) through a float32 copy for oneDNN; the
-    same either way."""
-    monkeypatch.setattr(native.NativeF16Matrix, "MAX_ROWS", 8)
+    """Up to MAX_ROWS rows by the kernel (weight rows four at a time and alone, lengths that are
+    not a multiple of 8), more (here 9) by oneDNN; the same either way."""
+    monkeypatch.setattr(native.NativeDenseMatrix, "MAX_ROWS", 8)
     torch.manual_seed(rows * 1000 + n_out)
-    w = torch.randn(n_out, n_in).half()
+    w = torch.randn(n_out, n_in).to(dtype)
     x, bias = torch.randn(rows, n_in), torch.randn(n_out)
-    matrix = native.NativeF16Matrix(w)
+    matrix = native.NativeDenseMatrix(w)
     for b in (None, bias):
         want = x.double() @ w.double().t() + (0 if b is None else b.double())
-        torch.testing.assert_close(matrix(x, b), want.float(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(matrix(x, b), want.float(), rtol=1e-5, atol=2e-5)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_slice_of_the_head_shares_its_rows(dtype: torch.dtype) -> None:
+    w = torch.randn(300, 64).to(dtype)
+    head = native.NativeDenseMatrix(w)
+    part = head.rows(100, 228)
+    assert part.w.data_ptr() == w[100].data_ptr() and part.n_out == 128
+    x = torch.randn(2, 64)
+    torch.testing.assert_close(part(x), head(x)[:, 100:228], rtol=1e-6, atol=1e-6)
 
 
 @needs_native
 def test_float16_many_rows_in_blocks_of_the_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Many rows against a large matrix (an output head) go through float32 copies of a block
-    of W's rows at a time, never of all of W."""
+    """Many rows against a large 16-bit matrix (an output head) go through float32 copies of a
+    block of W's rows at a time, never of all of W."""
     torch.manual_seed(0)
     w = torch.randn(3000, 64).half()
     x = torch.randn(20, 64)
@@ -177,9 +199,9 @@ def test_float16_many_rows_in_blocks_of_the_matrix(monkeypatch: pytest.MonkeyPat
         copied.append(t.numel())
         return real(t)
 
-    matrix = native.NativeF16Matrix(w)
-    monkeypatch.setattr(native.NativeF16Matrix, "BLOCK_ELEMENTS", 64 * 1000)
-    monkeypatch.setattr(native.NativeF16Matrix, "MAX_ROWS", 8)
+    matrix = native.NativeDenseMatrix(w)
+    monkeypatch.setattr(native.NativeDenseMatrix, "BLOCK_ELEMENTS", 64 * 1000)
+    monkeypatch.setattr(native.NativeDenseMatrix, "MAX_ROWS", 8)
     monkeypatch.setattr(torch.Tensor, "float", counting)
     y = matrix(x)
     monkeypatch.undo()
@@ -188,18 +210,38 @@ def test_float16_many_rows_in_blocks_of_the_matrix(monkeypatch: pytest.MonkeyPat
 
 
 @needs_native
-def test_bfloat16_weights_held_as_float16_for_the_kernel(tiny_checkpoint: Path) -> None:
-    """`--dtype bfloat16` on a CPU without bfloat16 arithmetic: the weights are the bfloat16
-    roundings of the checkpoint's, held exactly in float16; the tied head reads the
-    embedding's rows."""
-    model = load_checkpoint(tiny_checkpoint, dtype=torch.bfloat16)
-    if not (model.layout.linear == "fp16" and model.layout.native):
-        pytest.skip("this CPU multiplies bfloat16 natively (oneDNN)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_one_sequence_on_the_kernels_holds_the_checkpoint_weights(
+    tiny_checkpoint: Path, dtype: torch.dtype
+) -> None:
+    """Decoding one sequence on the CPU: the block weights and the tied head are held in
+    `dtype` (bfloat16 as bfloat16, on any CPU), exactly the checkpoint's values rounded to it;
+    the head reads the embedding's own rows; its logits are float64 arithmetic's."""
+    model = load_checkpoint(tiny_checkpoint, dtype=dtype)
+    held = "f32" if dtype == torch.float32 else "fp16"
+    assert model.layout.native and model.layout.linear == held
     ref = load_checkpoint(tiny_checkpoint, layout=Layout("out_in"))
-    assert model.wte.dtype == torch.float16
-    assert torch.equal(model.wte.float(), ref.wte.detach().bfloat16().float())
+    assert model.wte.dtype == dtype and model.wpe.dtype == torch.float32
+    assert torch.equal(model.wte, ref.wte.detach().to(dtype))
     head = model.head_matrix
-    assert isinstance(head, native.NativeF16Matrix) and head.w.data_ptr() == model.wte.data_ptr()
+    assert isinstance(head, native.NativeDenseMatrix) and head.w.data_ptr() == model.wte.data_ptr()
     fc = model.h[0].mlp.c_fc.matrix
-    assert isinstance(fc, native.NativeF16Matrix)
-    assert torch.equal(fc.w.float(), ref.h[0].mlp.c_fc.weight.detach().bfloat16().float())
+    assert isinstance(fc, native.NativeDenseMatrix)
+    assert torch.equal(fc.w, ref.h[0].mlp.c_fc.weight.detach().to(dtype))
+    h = torch.randn(2, model.config.n_embd)
+    want = h.double() @ model.wte.double().t()
+    torch.testing.assert_close(model.head(h), want.float(), rtol=1e-5, atol=2e-5)
+    assert model.head_sliceable
+    sliced = torch.cat([logits for _, logits in model.head_slices(h, 96)], dim=-1)
+    torch.testing.assert_close(sliced, model.head(h), rtol=1e-6, atol=1e-6)
+
+
+@needs_native
+def test_several_sequences_keep_onednn_where_it_packs_them(tiny_checkpoint: Path) -> None:
+    """Batches (`gpt2 batch`, `serve`, `--samples`) stay on oneDNN's kernels packed for them."""
+    from gpt2cli.model.linear import onednn_available
+
+    if not onednn_available():
+        pytest.skip("no oneDNN here")
+    assert choose_layout(torch.device("cpu"), torch.float32, rows=4) == Layout("onednn", rows=4)
+    assert choose_layout(torch.device("cpu"), torch.float32) == Layout("f32", native=True)

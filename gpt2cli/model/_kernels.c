@@ -1,19 +1,22 @@
 /* Matrix products for decoding on x86-64 CPUs with AVX2, FMA and F16C: y = x W^T + b for a few
  * rows of x (float32) against W stored (out, in) as int8 with a scale per output row (`--dtype
- * int8`) or as float16 (`--dtype bfloat16` and `float16` on a CPU without bfloat16 arithmetic).
+ * int8`) or as float32, float16 or bfloat16 (one sequence decoded on the CPU).
  *
- * Why this exists (measured on a 2-core AMD EPYC Zen 3, GPT-2 small's shape, see
+ * Why this exists (measured on 2-core AMD EPYCs, Zen 3 and Zen 5, GPT-2 small's shape, see
  * benchmarks/README.md and gpt2cli/model/native.py): one-token decoding streams every weight
  * once per token, so it runs at the rate the weights are read, and torch's kernels read them
- * slower than the machine can: fbgemm's int8 product at 7.2 GB/s on one core (its 8-bit
- * arithmetic is the limit), and llama.cpp decoded faster at every precision. Here each thread
- * streams a contiguous block of output rows, 4 rows at a time, prefetching the next block
- * (without the prefetch, int8 rows of 768 values streamed at 4.2 GB/s on one core, with it
- * 10.5). int8 activations are quantized per row to [-127, 127] and multiplied with vpsignb /
- * vpmaddubsw / vpmaddwd (no saturation: 127 * 127 * 2 < 32767) into int32 sums, exact over any
- * row length GPT-2 has (6,400 * 127 * 127 < 2^31); float16 weights are widened with vcvtph2ps
- * and summed in float32. The work runs on torch's OpenMP threads where the caller hands their
- * runtime over (`use_openmp`), else on a small pool of our own. */
+ * slower than the machine can: fbgemm's int8 product at 7.2 GB/s on one Zen 3 core (its 8-bit
+ * arithmetic is the limit), oneDNN's float32 product at 25 GB/s on one Zen 5 core, and llama.cpp
+ * decoded faster at every precision. Here each thread streams a contiguous block of output rows,
+ * 4 rows at a time, prefetching the next block (without the prefetch, int8 rows of 768 values
+ * streamed at 4.2 GB/s on one Zen 3 core, with it 10.5; a non-temporal prefetch, which does not
+ * evict the activations, read float32 weights at 37-38 GB/s on one Zen 5 core where a prefetch
+ * into every cache level read 33-34). int8 activations are quantized per row to [-127, 127] and
+ * multiplied with vpsignb / vpmaddubsw / vpmaddwd (no saturation: 127 * 127 * 2 < 32767) into
+ * int32 sums, exact over any row length GPT-2 has (6,400 * 127 * 127 < 2^31); 16-bit weights are
+ * widened to float32 (vcvtph2ps, or a shift for bfloat16) and summed in float32. The work runs
+ * on torch's OpenMP threads where the caller hands their runtime over (`use_openmp`), else on a
+ * small pool of our own. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -42,6 +45,10 @@
  * ------------------------------------------------------------------------------------------- */
 
 #define MAX_THREADS 64
+
+#ifndef AHEAD_HINT /* how the next block of weight rows is prefetched (see the top) */
+#define AHEAD_HINT _MM_HINT_NTA
+#endif
 
 typedef void (*task_fn)(const void *args, int part, int parts);
 
@@ -200,8 +207,10 @@ static inline void store(const product *p, int r, int o, float v) {
     p->y[r * p->y_stride + o] = p->bias ? v + p->bias[o] : v;
 }
 
-/* float16 weights (bfloat16 values rounded to float16: exact over float16's normal range),
- * float32 activations and sums */
+/* float32, float16 or bfloat16 weights, float32 activations and sums. One loop for the three,
+ * specialised by the compiler for each (`kind` is a constant in each caller). */
+
+enum { W_F32, W_F16, W_BF16 };
 
 __attribute__((target("avx2,fma"))) static inline float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -210,51 +219,87 @@ __attribute__((target("avx2,fma"))) static inline float hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-__attribute__((target("avx2,fma,f16c"))) static inline __m256 load_f16(const uint16_t *w) {
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)w));
+/* 8 weights from w (an array of `kind`) at element i, as float32 */
+__attribute__((target("avx2,fma,f16c"))) static inline __m256 load8(const void *w, size_t i,
+                                                                    int kind) {
+    if (kind == W_F32) return _mm256_loadu_ps((const float *)w + i);
+    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + i));
+    if (kind == W_F16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); /* bfloat16 */
 }
 
-__attribute__((target("avx2,fma,f16c"))) static void f16_task(const void *args, int part,
-                                                               int parts) {
+__attribute__((target("avx2,fma,f16c"))) static inline float load1(const void *w, size_t i,
+                                                                   int kind) {
+    if (kind == W_F32) return ((const float *)w)[i];
+    uint16_t h = ((const uint16_t *)w)[i];
+    if (kind == W_F16) return _cvtsh_ss(h);
+    union {
+        uint32_t u;
+        float f;
+    } v = {(uint32_t)h << 16};
+    return v.f;
+}
+
+__attribute__((target("avx2,fma,f16c"), always_inline)) static inline void
+dense_task(const void *args, int part, int parts, int kind) {
     const product *p = args;
-    const uint16_t *W = p->w;
+    const size_t size = kind == W_F32 ? 4 : 2; /* bytes per weight */
+    const char *W = p->w;
     int n = p->n_in, n8 = n & ~7, lo, hi;
     part_range(p, part, parts, &lo, &hi);
     int o = lo;
     for (; o + 4 <= hi; o += 4) {
-        const uint16_t *w0 = W + (size_t)o * n, *w1 = w0 + n, *w2 = w1 + n, *w3 = w2 + n;
-        const char *ahead = (const char *)(w0 + 4 * (size_t)n); /* as in i8_task */
+        const char *w0 = W + (size_t)o * n * size, *w1 = w0 + n * size, *w2 = w1 + n * size,
+                   *w3 = w2 + n * size;
+        /* the next block of 4 rows (as in i8_task): 4 * size bytes of it per weight of a row,
+         * so 32 * size bytes per 8 weights, one or two cache lines */
+        const char *ahead = w0 + 4 * (size_t)n * size;
         for (int r = 0; r < p->rows; r++) {
             const float *x = p->x + (size_t)r * n;
             __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
             for (int i = 0; i < n8; i += 8) {
                 __m256 xv = _mm256_loadu_ps(x + i);
-                if (r == 0) _mm_prefetch(ahead + 8 * i, _MM_HINT_T0);
-                a0 = _mm256_fmadd_ps(load_f16(w0 + i), xv, a0);
-                a1 = _mm256_fmadd_ps(load_f16(w1 + i), xv, a1);
-                a2 = _mm256_fmadd_ps(load_f16(w2 + i), xv, a2);
-                a3 = _mm256_fmadd_ps(load_f16(w3 + i), xv, a3);
+                if (r == 0) {
+                    _mm_prefetch(ahead + 4 * size * i, AHEAD_HINT);
+                    if (size == 4) _mm_prefetch(ahead + 16 * i + 64, AHEAD_HINT);
+                }
+                a0 = _mm256_fmadd_ps(load8(w0, i, kind), xv, a0);
+                a1 = _mm256_fmadd_ps(load8(w1, i, kind), xv, a1);
+                a2 = _mm256_fmadd_ps(load8(w2, i, kind), xv, a2);
+                a3 = _mm256_fmadd_ps(load8(w3, i, kind), xv, a3);
             }
             float s[4] = {hsum(a0), hsum(a1), hsum(a2), hsum(a3)};
             for (int k = 0; k < 4; k++) {
-                const uint16_t *wk = W + (size_t)(o + k) * n;
-                for (int i = n8; i < n; i++) s[k] += _cvtsh_ss(wk[i]) * x[i];
+                const char *wk = w0 + k * (size_t)n * size;
+                for (int i = n8; i < n; i++) s[k] += load1(wk, i, kind) * x[i];
                 store(p, r, o + k, s[k]);
             }
         }
     }
     for (; o < hi; o++) {
-        const uint16_t *w0 = W + (size_t)o * n;
+        const char *w0 = W + (size_t)o * n * size;
         for (int r = 0; r < p->rows; r++) {
             const float *x = p->x + (size_t)r * n;
             __m256 a0 = _mm256_setzero_ps();
             for (int i = 0; i < n8; i += 8)
-                a0 = _mm256_fmadd_ps(load_f16(w0 + i), _mm256_loadu_ps(x + i), a0);
+                a0 = _mm256_fmadd_ps(load8(w0, i, kind), _mm256_loadu_ps(x + i), a0);
             float s0 = hsum(a0);
-            for (int i = n8; i < n; i++) s0 += _cvtsh_ss(w0[i]) * x[i];
+            for (int i = n8; i < n; i++) s0 += load1(w0, i, kind) * x[i];
             store(p, r, o, s0);
         }
     }
+}
+
+__attribute__((target("avx2,fma,f16c"))) static void f32_task(const void *a, int part, int n) {
+    dense_task(a, part, n, W_F32);
+}
+
+__attribute__((target("avx2,fma,f16c"))) static void f16_task(const void *a, int part, int n) {
+    dense_task(a, part, n, W_F16);
+}
+
+__attribute__((target("avx2,fma,f16c"))) static void bf16_task(const void *a, int part, int n) {
+    dense_task(a, part, n, W_BF16);
 }
 
 /* int8 weights with a scale per output row, int8 activations with a scale per row of x */
@@ -297,8 +342,8 @@ __attribute__((target("avx2"))) static void i8_task(const void *args, int part, 
                     __m256i xv1 = _mm256_loadu_si256((const __m256i *)(xq1 + i));
                     __m256i av1 = _mm256_loadu_si256((const __m256i *)(xa1 + i));
                     if (r == r0) {
-                        _mm_prefetch(ahead + 4 * i, _MM_HINT_T0);
-                        _mm_prefetch(ahead + 4 * i + 64, _MM_HINT_T0);
+                        _mm_prefetch(ahead + 4 * i, AHEAD_HINT);
+                        _mm_prefetch(ahead + 4 * i + 64, AHEAD_HINT);
                     }
                     __m256i w;
 #define W8(ptr) _mm256_loadu_si256((const __m256i *)((ptr) + i))
@@ -335,8 +380,8 @@ __attribute__((target("avx2"))) static void i8_task(const void *args, int part, 
                     __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + i));
                     __m256i av = _mm256_loadu_si256((const __m256i *)(xa + i));
                     if (r == r0) {
-                        _mm_prefetch(ahead + 4 * i, _MM_HINT_T0);
-                        _mm_prefetch(ahead + 4 * i + 64, _MM_HINT_T0);
+                        _mm_prefetch(ahead + 4 * i, AHEAD_HINT);
+                        _mm_prefetch(ahead + 4 * i + 64, AHEAD_HINT);
                     }
 #define W8(ptr) _mm256_loadu_si256((const __m256i *)((ptr) + i))
                     a0 = _mm256_add_epi32(a0, dot32_i8(W8(w0), xv, av, ones));
@@ -534,19 +579,25 @@ static PyObject *py_linear_int8(PyObject *self, PyObject *const *args, Py_ssize_
 #endif
 }
 
-/* linear_f16(w, x, bias, y, rows, n_out, n_in, threads): y (rows, n_out) float32 = x (rows,
- * n_in) float32 times W^T + bias, W float16 (n_out, n_in); bias 0: none. */
-static PyObject *py_linear_f16(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+/* linear_dense(kind, w, x, bias, y, rows, n_out, n_in, threads): y (rows, n_out) float32 = x
+ * (rows, n_in) float32 times W^T + bias, W (n_out, n_in) float32 (kind 0), float16 (1) or
+ * bfloat16 (2); bias 0: none. */
+static PyObject *py_linear_dense(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    long long a[8];
-    if (ints(args, nargs, 8, a)) return NULL;
+    long long a[9];
+    if (ints(args, nargs, 9, a)) return NULL;
 #if GPT2_NATIVE
-    product p = {(const void *)(intptr_t)a[0], NULL, (const float *)(intptr_t)a[1], NULL, NULL,
-                 NULL, (const float *)(intptr_t)a[2], (float *)(intptr_t)a[3], a[5], (int)a[4],
-                 (int)a[5], (int)a[6]};
-    int threads = (int)a[7];
+    static const task_fn tasks[] = {f32_task, f16_task, bf16_task};
+    if (a[0] < 0 || a[0] > 2) {
+        PyErr_SetString(PyExc_ValueError, "kind must be 0 (float32), 1 (float16) or 2 (bfloat16)");
+        return NULL;
+    }
+    product p = {(const void *)(intptr_t)a[1], NULL, (const float *)(intptr_t)a[2], NULL, NULL,
+                 NULL, (const float *)(intptr_t)a[3], (float *)(intptr_t)a[4], a[6], (int)a[5],
+                 (int)a[6], (int)a[7]};
+    int threads = (int)a[8];
     Py_BEGIN_ALLOW_THREADS
-    run_parallel(f16_task, &p, threads);
+    run_parallel(tasks[a[0]], &p, threads);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 #else
@@ -562,8 +613,8 @@ static PyMethodDef methods[] = {
      "Idle spin of our own pool's workers."},
     {"linear_int8", (PyCFunction)(void (*)(void))py_linear_int8, METH_FASTCALL,
      "y = x (q * wscale)^T + bias."},
-    {"linear_f16", (PyCFunction)(void (*)(void))py_linear_f16, METH_FASTCALL,
-     "y = x W^T + bias, W float16."},
+    {"linear_dense", (PyCFunction)(void (*)(void))py_linear_dense, METH_FASTCALL,
+     "y = x W^T + bias, W float32, float16 or bfloat16."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -31,9 +31,8 @@ from gpt2cli.model.linear import (
     QuantizedMatrix,
     choose_layout,
     quantize_rows,
-    sixteen_bits,
 )
-from gpt2cli.model.native import NativeF16Matrix, NativeInt8Matrix
+from gpt2cli.model.native import NativeDenseMatrix, NativeInt8Matrix
 from gpt2cli.model.tensorfile import TensorFile, TensorFileError, TensorInfo
 
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
@@ -167,19 +166,19 @@ def load_checkpoint(
         raise CheckpointError(f"checkpoint lacks tensor {missing[0]!r}{more}")
 
     layout = layout or choose_layout(device, dtype)
-    if layout.quantized:  # fbgemm packs the weights; everything else computes in float32
+    if layout.in_matrices:  # matrix objects hold the weights; everything else is float32
         dtype = torch.float32
     with torch.device("meta"):
         model = GPT2(cfg, layout)
-    packed = layout.linear == "onednn" or layout.quantized
+    packed = layout.linear == "onednn" or layout.in_matrices
     scratch_t = None
-    if packed and layout.quantized:  # the embedding is quantized a block of rows at a time
+    if packed and layout.in_matrices:  # the embedding is converted a block of rows at a time
         scratch_t = torch.empty(_largest_matrix(tensors), dtype=torch.float32)
     try:
         if packed:  # prepacked weights are copies, made from the file's bytes
             _pack_linear(model, tensors, dtype)
         for name, (tf, info) in tensors.items():
-            if layout.quantized and name in ("wte.weight", "lm_head.weight"):
+            if layout.in_matrices and name in ("wte.weight", "lm_head.weight"):
                 _load_quantized_embedding(model, name, tf, info, layout, scratch_t)
                 continue
             head = name.removesuffix(".weight") + "_t"
@@ -279,8 +278,7 @@ def _load_quantized_embedding(
     vocab, d = info.shape
     int8 = layout.linear == "int8"
     keep = name == "wte.weight"  # looked up by token id; an untied lm_head only multiplies
-    sixteen = torch.float16 if layout.native else _16BIT[layout.round_bf16]
-    rows = torch.empty(vocab, d, dtype=torch.int8 if int8 else sixteen)
+    rows = torch.empty(vocab, d, dtype=layout.held_dtype)
     scale = torch.empty(vocab) if int8 else None
     blocks: list[Fp16Matrix] = []
     step = 4096 if scratch is None else max(1, scratch.numel() // d)
@@ -291,21 +289,17 @@ def _load_quantized_embedding(
             block = scratch[: (r1 - r0) * d].view(r1 - r0, d).copy_(block)
         if scale is not None:
             rows[r0:r1], scale[r0:r1] = quantize_rows(block, layout.int8_max)
-        elif layout.native:
-            rows[r0:r1] = sixteen_bits(block, layout.round_bf16)
         else:
-            rows[r0:r1] = block
-            blocks.append(Fp16Matrix(rows[r0:r1], False))  # rounded as the rows are
+            rows[r0:r1] = block  # converted to the held dtype
+            if not layout.native:
+                blocks.append(Fp16Matrix(rows[r0:r1], False))  # rounded as the rows are
     head: QuantizedMatrix | BlockedHead | None = None
     if name == "lm_head.weight" or model.config.tie_word_embeddings:
         if scale is None:  # the native kernels read the embedding's own rows, as for int8
-            head = NativeF16Matrix(rows) if layout.native else BlockedHead(blocks)
+            head = NativeDenseMatrix(rows) if layout.native else BlockedHead(blocks)
         else:
             head = NativeInt8Matrix(rows, scale) if layout.native else Int8Matrix(rows, scale)
     if keep:
         model.set_quantized_embedding(rows, scale, head)
     else:
         model.head_matrix = head
-
-
-_16BIT = {True: torch.bfloat16, False: torch.float16}

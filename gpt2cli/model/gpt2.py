@@ -24,6 +24,7 @@ from torch import nn
 
 from gpt2cli.model.config import GPT2Config
 from gpt2cli.model.linear import BlockedHead, Layout, Linear, QuantizedMatrix, tied_head
+from gpt2cli.model.native import NativeDenseMatrix
 
 
 @dataclass(frozen=True)
@@ -238,8 +239,9 @@ class GPT2(nn.Module):
     is the token embedding (tied, as in GPT-2) or, with `tie_word_embeddings: false`, a matrix
     of its own (`lm_head`). It is stored (vocab, d), or (d, vocab) with `layout.head_in_out`
     (`wte_t`/`lm_head_t`); an untied embedding is only looked up, so it stays (vocab, d).
-    In a quantized layout the head is packed by fbgemm (`head_matrix`) and the embedding looked
-    up from its 16-bit rows, or its int8 rows times their scales (`wte_scale`)."""
+    Where matrix objects hold the weights (`layout.in_matrices`), the head is one of them
+    (`head_matrix`) and the embedding is looked up from its rows (float32 or 16-bit), or its int8
+    rows times their scales (`wte_scale`)."""
 
     def __init__(self, config: GPT2Config, layout: Layout | None = None) -> None:
         super().__init__()
@@ -249,7 +251,7 @@ class GPT2(nn.Module):
         vocab, d = config.vocab_size, config.n_embd
         self.head_matrix: QuantizedMatrix | BlockedHead | None = None
         self.wte_scale: torch.Tensor | None = None
-        if layout.quantized:
+        if layout.in_matrices:
             self.head_name = ""
             self.wte = nn.Parameter(torch.empty(vocab, d))
         else:
@@ -346,6 +348,8 @@ class GPT2(nn.Module):
     @property
     def head_sliceable(self) -> bool:
         """Whether `head_slices` gives the vocabulary in slices (else in one piece)."""
+        if isinstance(self.head_matrix, NativeDenseMatrix):
+            return True
         return self.head_matrix is None and not self.layout.head_in_out
 
     @torch.inference_mode()
@@ -355,6 +359,11 @@ class GPT2(nn.Module):
         matrix (rows of it are contiguous); one slice, the whole head, otherwise."""
         if not self.head_sliceable:
             yield 0, self._head(x)
+            return
+        if isinstance(self.head_matrix, NativeDenseMatrix):
+            head = self.head_matrix
+            for first in range(0, head.n_out, columns):
+                yield first, head.rows(first, first + columns)(x)
             return
         weight = getattr(self, self.head_name)
         for first in range(0, weight.shape[0], columns):

@@ -22,23 +22,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpt2cli.model import native
-from gpt2cli.model.native import NativeF16Matrix, NativeInt8Matrix
+from gpt2cli.model.native import NativeDenseMatrix, NativeInt8Matrix
 
-LINEAR_LAYOUTS = ("out_in", "in_out", "onednn", "fp16", "int8")
+LINEAR_LAYOUTS = ("out_in", "in_out", "onednn", "f32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
 class Layout:
     """How weights are stored. linear: block weights as (out, in) for `F.linear`, (in, out) for
-    `addmm`, prepacked for oneDNN, or prepacked by fbgemm as float16 (`fp16`) or int8 (`int8`).
-    head_in_out: the tied embedding stored (d, vocab). The fbgemm layouts (`quantized`) hold the
-    output head and the token embedding in the same 16 or 8 bits and compute in float32;
-    `round_bf16` rounds the weights to bfloat16 first (exact in float16 over its normal range:
-    bfloat16 has 8 significant bits, float16 11), so `--dtype bfloat16` gives bfloat16 weights
-    on a CPU without bfloat16 arithmetic. `int8_max` is the largest int8 magnitude used.
-    `rows`: how many rows the products will have (sequences decoded together), which oneDNN's
-    packing is tuned for (`onednn_pack_rows`). `native`: the quantized layouts' products by
-    gpt2cli's own kernels (`native.py`) instead of fbgemm's."""
+    `addmm`, prepacked for oneDNN, held as float32 (out, in) for gpt2cli's own kernels (`f32`),
+    or in 16 bits (`fp16`) or int8 (`int8`) for gpt2cli's kernels or fbgemm's. head_in_out: the
+    tied embedding stored (d, vocab). The last three (`in_matrices`) hold the output head and
+    the token embedding in the same precision as the blocks and compute in float32.
+    `round_bf16`: the 16-bit weights are bfloat16 (held as bfloat16 by gpt2cli's kernels; for
+    fbgemm rounded to bfloat16 and held as float16, exact over float16's normal range: bfloat16
+    has 8 significant bits, float16 11), so `--dtype bfloat16` gives bfloat16 weights on a CPU
+    without bfloat16 arithmetic. `int8_max` is the largest int8 magnitude used. `rows`: how
+    many rows the products will have (sequences decoded together), which oneDNN's packing is
+    tuned for (`onednn_pack_rows`). `native`: the products by gpt2cli's own kernels
+    (`native.py`) instead of fbgemm's."""
 
     linear: str = "out_in"
     head_in_out: bool = False
@@ -52,9 +54,19 @@ class Layout:
             raise ValueError(f"linear layout must be one of {LINEAR_LAYOUTS}")
 
     @property
-    def quantized(self) -> bool:
-        """Weights packed by fbgemm, everything else float32."""
-        return self.linear in ("fp16", "int8")
+    def in_matrices(self) -> bool:
+        """Weights held by matrix objects (gpt2cli's kernels or fbgemm's), everything else
+        float32."""
+        return self.linear in ("f32", "fp16", "int8")
+
+    @property
+    def held_dtype(self) -> torch.dtype:
+        """The dtype an `in_matrices` layout holds its weights and token embedding in."""
+        if self.linear == "int8":
+            return torch.int8
+        if self.linear == "f32":
+            return torch.float32
+        return torch.bfloat16 if self.round_bf16 else torch.float16
 
     @property
     def onednn_pack_rows(self) -> int:
@@ -78,11 +90,15 @@ class Layout:
                 f"fbgemm int8 weights, {bits}, a scale per output channel; activations "
                 "quantized per token; float32 elsewhere"
             )
+        if self.linear == "f32" or (self.linear == "fp16" and self.native):
+            held = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
+            return (
+                f"{held.get(self.held_dtype, 'float16')} weights, gpt2cli's own AVX2 kernels for "
+                "decoding, oneDNN for prompts; float32 activations"
+            )
         if self.linear == "fp16":
-            held = "bfloat16 weights held as float16" if self.round_bf16 else "float16 weights"
-            if self.native:
-                return f"{held}, gpt2cli's own AVX2 kernels for decoding; float32 activations"
-            return f"fbgemm {held}, float32 activations"
+            held16 = "bfloat16 weights held as float16" if self.round_bf16 else "float16 weights"
+            return f"fbgemm {held16}, float32 activations"
         if self.linear == "onednn":
             return f"oneDNN prepacked for {self.onednn_pack_rows} row(s)"
         kernel = {"in_out": "addmm", "out_in": "F.linear"}
@@ -131,17 +147,25 @@ def choose_layout(
 ) -> Layout:
     """The fastest layout for decoding `rows` sequences together on `device` in `dtype` (see
     the module docstring); with `int8`, int8 weights (CPU only), multiplied by gpt2cli's own
-    kernels where they run here, else by fbgemm's."""
+    kernels where they run here, else by fbgemm's. One sequence on a CPU where gpt2cli's
+    kernels run: float32 and 16-bit weights by them too (measured in native.py); several
+    sequences: oneDNN's kernels packed for them, where this torch and CPU have them."""
     cpu = device.type == "cpu"
-    if int8 and native.available():
+    own = cpu and native.available()
+    if int8 and own:
         return Layout("int8", native=True)
     if int8:
         return Layout("int8", int8_max=127 if cpu_has_vnni() else 63)
+    if own and dtype == torch.float32 and rows == 1:
+        return Layout("f32", native=True)
+    sixteen = cpu and dtype in (torch.bfloat16, torch.float16)
+    packed_bf16 = dtype == torch.bfloat16 and onednn_available(dtype)
+    if own and sixteen and (rows == 1 or not packed_bf16):
+        return Layout("fp16", round_bf16=dtype == torch.bfloat16, native=True)
     if cpu and dtype in (torch.float32, torch.bfloat16) and onednn_available(dtype):
         return Layout("onednn", head_in_out=False, rows=rows)
-    sixteen = cpu and dtype in (torch.bfloat16, torch.float16)
-    if sixteen and (native.available() or fbgemm_available()):
-        return Layout("fp16", round_bf16=dtype == torch.bfloat16, native=native.available())
+    if sixteen and fbgemm_available():
+        return Layout("fp16", round_bf16=dtype == torch.bfloat16)
     cpu_fp32 = cpu and dtype == torch.float32
     return Layout("in_out" if cpu_fp32 else "out_in", head_in_out=cpu_fp32)
 
@@ -241,20 +265,16 @@ class Fp16Matrix:
         return y if bias is None else y.add_(bias)
 
 
-QuantizedMatrix = Int8Matrix | NativeInt8Matrix | Fp16Matrix | NativeF16Matrix
-
-
-def sixteen_bits(w: torch.Tensor, round_bf16: bool) -> torch.Tensor:
-    """`w` as float16 for the native kernels, rounded to bfloat16 first with `round_bf16`."""
-    return (w.to(torch.bfloat16) if round_bf16 else w).to(torch.float16)
+QuantizedMatrix = Int8Matrix | NativeInt8Matrix | Fp16Matrix | NativeDenseMatrix
 
 
 def pack_matrix(w: torch.Tensor, layout: Layout) -> QuantizedMatrix:
-    """W (out, in) packed for a quantized `layout`."""
+    """W (out, in) float32 held for an `in_matrices` layout (W may be a scratch buffer: it is
+    not kept)."""
     if layout.linear == "int8" and layout.native:
         return NativeInt8Matrix(*quantize_rows(w, layout.int8_max))
     if layout.native:
-        return NativeF16Matrix(sixteen_bits(w, layout.round_bf16))
+        return NativeDenseMatrix(w.to(layout.held_dtype, copy=True).contiguous())
     if layout.linear == "int8":
         return Int8Matrix(*quantize_rows(w, layout.int8_max))
     return Fp16Matrix(w, layout.round_bf16)
@@ -280,7 +300,7 @@ class Linear(nn.Module):
             self.weight = nn.Parameter(conv1d.contiguous(), requires_grad=False)
         elif self.layout == "out_in":
             self.weight = nn.Parameter(conv1d.t().contiguous(), requires_grad=False)
-        elif self.spec.quantized:  # packed by fbgemm: an opaque object, not a tensor
+        elif self.spec.in_matrices:  # held by a matrix object, not a parameter
             n_in, n_out = conv1d.shape
             dense = conv1d.t()
             if scratch is not None:  # a float32 buffer: the quantizer works in it

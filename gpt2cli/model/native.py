@@ -1,14 +1,16 @@
 """gpt2cli's own matrix products for decoding: the C extension `_kernels` (built from
 `_kernels.c` at `pip install` where a C compiler is found), for int8 weights (`--dtype int8`)
-and 16-bit weights held as float16 (`--dtype bfloat16` or `float16` on a CPU without bfloat16
-arithmetic). Absent where it was not built, the CPU lacks AVX2/FMA/F16C, or `GPT2CLI_NATIVE=0`
-is set: `linear.py` then uses torch's kernels (fbgemm).
+and float32, bfloat16 and float16 weights when one sequence is decoded on the CPU. Absent where
+it was not built, the CPU lacks AVX2/FMA/F16C, or `GPT2CLI_NATIVE=0` is set: `linear.py` then
+uses torch's kernels (oneDNN, fbgemm).
 
-Why by hand: one-token decoding streams every weight once per token, and torch's int8 kernel
-(fbgemm) read GPT-2 small's int8 weights at 12-13 GB/s on 2 cores of a Zen 3 EPYC, 7 GB/s on one
-(its 8-bit arithmetic, not memory, is the limit), where llama.cpp's Q8_0 decoded ~1.3x faster.
-These kernels read them at up to 18.6 GB/s there, and float16 weights at up to 17.6 GB/s where
-fbgemm's float16 product read ~13 (benchmarks/README.md, sections 1-2).
+Why by hand: one-token decoding streams every weight once per token, and torch's kernels read
+them slower than the machine can. On a 2-core Zen 3 EPYC, fbgemm's int8 product read GPT-2
+small's int8 weights at 12-13 GB/s on 2 cores, 7 GB/s on one (its 8-bit arithmetic is the limit)
+where these kernels read 18.6; on a 2-core Zen 5 EPYC, oneDNN's prepacked float32 product read
+the block weights at 25 GB/s on one core (these kernels 37) and its bfloat16 output head took
+3.5 ms a token (unpacked, it is converted on every call) where these read it at memory speed
+(benchmarks/README.md, sections 1-2). Prompts and scoring (many rows) stay on oneDNN.
 """
 
 from __future__ import annotations
@@ -111,41 +113,50 @@ class NativeInt8Matrix:
 
 
 def _dense(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x W^T for a float32 W (out, in) used once: oneDNN takes it unpacked, and ran 24% faster
-    than `F.linear` on the prompt's products above."""
+    """x W^T for a float32 W (out, in) and many rows of x: oneDNN takes it unpacked, and ran 24%
+    faster than `F.linear` on a prompt's products (below)."""
     if torch.backends.mkldnn.is_available():
         return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
     return F.linear(x, w)
 
 
-class NativeF16Matrix:
-    """x (..., in) float32 -> x W^T (..., out) float32 with W held as float16 (out, in): up to
-    MAX_ROWS rows (decoding, batches) by the native kernel, float32 sums; more (a prompt, a scored
-    window) by `F.linear` on a float32 copy of W made for the call, since a product of many rows
-    is bound by arithmetic, not by reading W (measured on the 2-core EPYC, 512 rows of GPT-2
-    small's 48 block matrices, conversions included: oneDNN 727-760 ms, `F.linear` 963-1002,
-    fbgemm's float16 GEMM 573-724). `w` is held, not copied, so a 16-bit token embedding is
-    also the output head."""
+class NativeDenseMatrix:
+    """x (..., in) float32 -> x W^T (..., out) float32 with W (out, in) held as float32, float16
+    or bfloat16: up to MAX_ROWS rows (decoding) by the native kernel, float32 sums; more (a
+    prompt, a scored window) by oneDNN, on W itself (float32) or on a float32 copy of a block of
+    W made for the call (16 bits), since a product of many rows is bound by arithmetic, not by
+    reading W (measured on the 2-core EPYC Zen 3, 512 rows of GPT-2 small's 48 block matrices,
+    conversions included: oneDNN 727-760 ms, `F.linear` 963-1002, fbgemm's float16 GEMM
+    573-724). `w` is held, not copied, so the token embedding is also the output head, and
+    `rows(first, last)` is a slice of the head that shares its storage."""
 
     # the kernel re-reads W from cache for each row; measured on GPT-2 small's 48 block matrices
-    # (2 threads): 4 rows 19.8 ms against 62.7 converting for oneDNN, 16 rows 53 / 97, 32 rows
-    # 102 / 118, 64 rows 178 / 182
+    # held as float16 (2 threads, Zen 3): 4 rows 19.8 ms against 62.7 converting for oneDNN, 16
+    # rows 53 / 97, 32 rows 102 / 118, 64 rows 178 / 182
     MAX_ROWS = 64
-    BLOCK_ELEMENTS = 1 << 22  # of W in float32 at a time, for more rows: 16 MB
+    BLOCK_ELEMENTS = 1 << 22  # of a 16-bit W in float32 at a time, for more rows: 16 MB
+    KINDS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
     def __init__(self, w: torch.Tensor) -> None:
         lib = kernels()
         if lib is None:
             raise RuntimeError("the native kernels are not available here")
-        if w.dtype != torch.float16:
-            raise ValueError(f"float16 weights expected, got {w.dtype}")
-        self.linear = lib.linear_f16
+        if w.dtype not in self.KINDS:
+            raise ValueError(f"float32, float16 or bfloat16 weights expected, got {w.dtype}")
+        self.linear = lib.linear_dense
         self.w = w.contiguous()
+        self.kind = self.KINDS[w.dtype]
         self.n_out, self.n_in = w.shape
         self.pointer = self.w.data_ptr()
 
+    def rows(self, first: int, last: int) -> NativeDenseMatrix:
+        """The product with W's rows [first, last) only (a view, not a copy)."""
+        return NativeDenseMatrix(self.w[first:last])
+
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         x, rows = _rows(x, self.n_in)
+        if rows > self.MAX_ROWS and self.kind == 0:
+            return _dense(x, self.w) if bias is None else _dense(x, self.w).add_(bias)
         if rows > self.MAX_ROWS:  # in blocks of W's rows: a float32 head would be 154 MB
             step = max(1, self.BLOCK_ELEMENTS // self.n_in)
             parts = [_dense(x, self.w[i : i + step].float()) for i in range(0, self.n_out, step)]
@@ -153,7 +164,7 @@ class NativeF16Matrix:
             return y if bias is None else y.add_(bias)
         y = torch.empty(*x.shape[:-1], self.n_out)
         self.linear(
-            self.pointer, x.data_ptr(), 0 if bias is None else bias.data_ptr(), y.data_ptr(),
-            rows, self.n_out, self.n_in, torch.get_num_threads(),
+            self.kind, self.pointer, x.data_ptr(), 0 if bias is None else bias.data_ptr(),
+            y.data_ptr(), rows, self.n_out, self.n_in, torch.get_num_threads(),
         )  # fmt: skip
         return y
