@@ -190,7 +190,7 @@ def test_default_layout_per_device_and_dtype() -> None:
     else:
         assert choose_layout(cpu, torch.float32) == packed
         sixteen = Layout("fp16") if fbgemm_available() else Layout("out_in", False)
-    assert choose_layout(cpu, torch.float32, rows=4) == dataclasses.replace(packed, rows=4)
+    assert choose_layout(cpu, torch.float32, rows=16) == dataclasses.replace(packed, rows=16)
     assert choose_layout(cpu, torch.bfloat16).head_in_out is False
     assert choose_layout(cpu, torch.float16) == sixteen
     assert choose_layout(cuda, torch.bfloat16) == Layout("out_in", False)
@@ -200,7 +200,7 @@ def test_default_layout_per_device_and_dtype() -> None:
 def test_onednn_packed_for_several_rows(tiny_checkpoint: Path) -> None:
     """Weights packed for batched products compute what those packed for one row do, at one
     row and at four; the loader packs for the batch its caller will decode."""
-    assert choose_layout(torch.device("cpu"), torch.float32, rows=4).onednn_pack_rows == 8
+    assert Layout("onednn", rows=4).onednn_pack_rows == 8
     assert Layout("onednn").onednn_pack_rows == 1
     ids = torch.arange(24).view(1, 24)
     for batch in (1, 4):
@@ -212,7 +212,7 @@ def test_onednn_packed_for_several_rows(tiny_checkpoint: Path) -> None:
             m(prompt, cache)
             outs.append(m(torch.full((batch, 1), 7), cache))
         assert torch.allclose(outs[0], outs[1], atol=1e-4)
-    lm = load_model(LoadOptions(str(tiny_checkpoint), device="cpu", dtype="float32", batch=4))
+    lm = load_model(LoadOptions(str(tiny_checkpoint), device="cpu", dtype="float32", batch=16))
     assert lm.model.layout.onednn_pack_rows == 8
     assert "prepacked for 8 row(s)" in lm.describe()
 

@@ -238,10 +238,13 @@ def test_one_sequence_on_the_kernels_holds_the_checkpoint_weights(
 
 @needs_native
 def test_several_sequences_keep_onednn_where_it_packs_them(tiny_checkpoint: Path) -> None:
-    """Batches (`gpt2 batch`, `serve`, `--samples`) stay on oneDNN's kernels packed for them."""
+    """Up to 8 sequences (`--samples 8`) on gpt2cli's kernels, more (`gpt2 batch`, `serve`: 16)
+    on oneDNN's packed for them."""
     from gpt2cli.model.linear import onednn_available
 
     if not onednn_available():
         pytest.skip("no oneDNN here")
-    assert choose_layout(torch.device("cpu"), torch.float32, rows=4) == Layout("onednn", rows=4)
-    assert choose_layout(torch.device("cpu"), torch.float32) == Layout("f32", native=True)
+    cpu = torch.device("cpu")
+    assert choose_layout(cpu, torch.float32, rows=16) == Layout("onednn", rows=16)
+    for rows in (1, 4, 8):
+        assert choose_layout(cpu, torch.float32, rows=rows) == Layout("f32", native=True)

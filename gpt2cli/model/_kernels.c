@@ -254,7 +254,40 @@ dense_task(const void *args, int part, int parts, int kind) {
         /* the next block of 4 rows (as in i8_task): 4 * size bytes of it per weight of a row,
          * so 32 * size bytes per 8 weights, one or two cache lines */
         const char *ahead = w0 + 4 * (size_t)n * size;
-        for (int r = 0; r < p->rows; r++) {
+        int r = 0;
+        for (; r + 2 <= p->rows && n8 == n; r += 2) { /* two rows of x against 4 of W */
+            const float *x = p->x + (size_t)r * n, *x1 = x + n;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+            for (int i = 0; i < n; i += 8) {
+                __m256 xv = _mm256_loadu_ps(x + i), xv1 = _mm256_loadu_ps(x1 + i), w;
+                if (r == 0) {
+                    _mm_prefetch(ahead + 4 * size * i, AHEAD_HINT);
+                    if (size == 4) _mm_prefetch(ahead + 16 * i + 64, AHEAD_HINT);
+                }
+                w = load8(w0, i, kind);
+                a0 = _mm256_fmadd_ps(w, xv, a0);
+                b0 = _mm256_fmadd_ps(w, xv1, b0);
+                w = load8(w1, i, kind);
+                a1 = _mm256_fmadd_ps(w, xv, a1);
+                b1 = _mm256_fmadd_ps(w, xv1, b1);
+                w = load8(w2, i, kind);
+                a2 = _mm256_fmadd_ps(w, xv, a2);
+                b2 = _mm256_fmadd_ps(w, xv1, b2);
+                w = load8(w3, i, kind);
+                a3 = _mm256_fmadd_ps(w, xv, a3);
+                b3 = _mm256_fmadd_ps(w, xv1, b3);
+            }
+            store(p, r, o, hsum(a0));
+            store(p, r, o + 1, hsum(a1));
+            store(p, r, o + 2, hsum(a2));
+            store(p, r, o + 3, hsum(a3));
+            store(p, r + 1, o, hsum(b0));
+            store(p, r + 1, o + 1, hsum(b1));
+            store(p, r + 1, o + 2, hsum(b2));
+            store(p, r + 1, o + 3, hsum(b3));
+        }
+        for (; r < p->rows; r++) {
             const float *x = p->x + (size_t)r * n;
             __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
             for (int i = 0; i < n8; i += 8) {

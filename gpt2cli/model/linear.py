@@ -142,25 +142,33 @@ def cpu_has_vnni() -> bool:
     return False
 
 
+# Sequences decoded together up to which gpt2cli's kernels beat oneDNN's packed ones on float32
+# and bfloat16 weights. Measured on the 2-core Zen 5 EPYC (GPT-2 small, `--samples N`, tok/s,
+# ours / oneDNN packed for 8 rows): bfloat16 N=4 436 / 309, N=8 508 / 457, N=16 522 / 612;
+# float32 N=4 303 / 238, N=8 402 / 388, N=16 498 / 556.
+OWN_KERNEL_ROWS = 8
+
+
 def choose_layout(
     device: torch.device, dtype: torch.dtype, int8: bool = False, rows: int = 1
 ) -> Layout:
     """The fastest layout for decoding `rows` sequences together on `device` in `dtype` (see
     the module docstring); with `int8`, int8 weights (CPU only), multiplied by gpt2cli's own
-    kernels where they run here, else by fbgemm's. One sequence on a CPU where gpt2cli's
-    kernels run: float32 and 16-bit weights by them too (measured in native.py); several
-    sequences: oneDNN's kernels packed for them, where this torch and CPU have them."""
+    kernels where they run here, else by fbgemm's. Up to OWN_KERNEL_ROWS sequences on a CPU
+    where gpt2cli's kernels run: float32 and 16-bit weights by them too (measured in native.py);
+    more: oneDNN's kernels packed for them, where this torch and CPU have them."""
     cpu = device.type == "cpu"
     own = cpu and native.available()
     if int8 and own:
         return Layout("int8", native=True)
     if int8:
         return Layout("int8", int8_max=127 if cpu_has_vnni() else 63)
-    if own and dtype == torch.float32 and rows == 1:
+    few = rows <= OWN_KERNEL_ROWS
+    if own and dtype == torch.float32 and few:
         return Layout("f32", native=True)
     sixteen = cpu and dtype in (torch.bfloat16, torch.float16)
     packed_bf16 = dtype == torch.bfloat16 and onednn_available(dtype)
-    if own and sixteen and (rows == 1 or not packed_bf16):
+    if own and sixteen and (few or not packed_bf16):
         return Layout("fp16", round_bf16=dtype == torch.bfloat16, native=True)
     if cpu and dtype in (torch.float32, torch.bfloat16) and onednn_available(dtype):
         return Layout("onednn", head_in_out=False, rows=rows)
