@@ -64,13 +64,28 @@ def threads(request: pytest.FixtureRequest) -> Iterator[int]:
     torch.set_num_threads(before)
 
 
+@pytest.fixture(params=["avx-vnni", "avx2"])
+def int8_dot(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Both ways the int8 kernel sums products: vpdpbusd (AVX-VNNI, where the CPU has it) and
+    AVX2's vpmaddubsw / vpmaddwd."""
+    lib = native.kernels()
+    if lib is None:
+        pytest.skip("native kernels not built here")
+    default = lib.set_vnni(1)
+    if request.param == "avx-vnni" and not default:
+        pytest.skip("this CPU has no AVX-VNNI")
+    lib.set_vnni(int(request.param == "avx-vnni"))
+    yield request.param
+    lib.set_vnni(1)
+
+
 @needs_native
 @pytest.mark.parametrize(
     ("rows", "n_out", "n_in"),
     [(1, 64, 64), (2, 1000, 64), (3, 37, 96), (5, 17, 50), (70, 130, 3072), (1, 5, 3)],
 )
 def test_int8_product_is_the_integer_arithmetic(
-    rows: int, n_out: int, n_in: int, threads: int
+    rows: int, n_out: int, n_in: int, threads: int, int8_dot: str
 ) -> None:
     torch.manual_seed(rows * 1000 + n_out)
     w = torch.randn(n_out, n_in)

@@ -337,19 +337,28 @@ __attribute__((target("avx2,fma,f16c"))) static void bf16_task(const void *a, in
 
 /* int8 weights with a scale per output row, int8 activations with a scale per row of x */
 
-__attribute__((target("avx2"))) static inline __m256i dot32_i8(__m256i w, __m256i xq,
-                                                               __m256i xabs, __m256i ones) {
-    /* sum over pairs of |x| * (w * sign x): the products of w and x, 16 int16 pairs -> 8 int32 */
+/* acc + the products of w and x summed 4 at a time (|x| * (w * sign x): u8 x s8 pairs), as
+ * int32: vpmaddubsw / vpmaddwd on AVX2, one vpdpbusd with AVX-VNNI (the same exact sums: no
+ * int16 step saturates, 127 * 127 * 2 < 32767, and vpdpbusd does not saturate at all) */
+typedef __m256i (*i8_dot)(__m256i acc, __m256i w, __m256i xq, __m256i xabs);
+
+__attribute__((target("avx2"))) static inline __m256i dot_avx2(__m256i acc, __m256i w,
+                                                               __m256i xq, __m256i xabs) {
     __m256i prod = _mm256_maddubs_epi16(xabs, _mm256_sign_epi8(w, xq));
-    return _mm256_madd_epi16(prod, ones);
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(prod, _mm256_set1_epi16(1)));
 }
 
-__attribute__((target("avx2"))) static void i8_task(const void *args, int part, int parts) {
+__attribute__((target("avx2,avxvnni"))) static inline __m256i dot_vnni(__m256i acc, __m256i w,
+                                                                       __m256i xq, __m256i xabs) {
+    return _mm256_dpbusd_avx_epi32(acc, xabs, _mm256_sign_epi8(w, xq));
+}
+
+__attribute__((target("avx2"), always_inline)) static inline void i8_rows(const void *args, int part,
+                                                                      int parts, i8_dot dot) {
     const product *p = args;
     const int8_t *W = p->w;
     int n = p->n_in, n32 = n & ~31, lo, hi;
     part_range(p, part, parts, &lo, &hi);
-    const __m256i ones = _mm256_set1_epi16(1);
     /* x rows in groups that stay in the L2 cache while the weights stream past them */
     int group = p->rows;
     if ((long)group * n * 2 > 256 * 1024) group = (int)(256 * 1024 / (2L * n)) & ~3;
@@ -381,17 +390,17 @@ __attribute__((target("avx2"))) static void i8_task(const void *args, int part, 
                     __m256i w;
 #define W8(ptr) _mm256_loadu_si256((const __m256i *)((ptr) + i))
                     w = W8(w0);
-                    a0 = _mm256_add_epi32(a0, dot32_i8(w, xv, av, ones));
-                    b0 = _mm256_add_epi32(b0, dot32_i8(w, xv1, av1, ones));
+                    a0 = dot(a0, w, xv, av);
+                    b0 = dot(b0, w, xv1, av1);
                     w = W8(w1);
-                    a1 = _mm256_add_epi32(a1, dot32_i8(w, xv, av, ones));
-                    b1 = _mm256_add_epi32(b1, dot32_i8(w, xv1, av1, ones));
+                    a1 = dot(a1, w, xv, av);
+                    b1 = dot(b1, w, xv1, av1);
                     w = W8(w2);
-                    a2 = _mm256_add_epi32(a2, dot32_i8(w, xv, av, ones));
-                    b2 = _mm256_add_epi32(b2, dot32_i8(w, xv1, av1, ones));
+                    a2 = dot(a2, w, xv, av);
+                    b2 = dot(b2, w, xv1, av1);
                     w = W8(w3);
-                    a3 = _mm256_add_epi32(a3, dot32_i8(w, xv, av, ones));
-                    b3 = _mm256_add_epi32(b3, dot32_i8(w, xv1, av1, ones));
+                    a3 = dot(a3, w, xv, av);
+                    b3 = dot(b3, w, xv1, av1);
 #undef W8
                 }
                 float sx = p->xscale[r], sx1 = p->xscale[r + 1];
@@ -417,10 +426,10 @@ __attribute__((target("avx2"))) static void i8_task(const void *args, int part, 
                         _mm_prefetch(ahead + 4 * i + 64, AHEAD_HINT);
                     }
 #define W8(ptr) _mm256_loadu_si256((const __m256i *)((ptr) + i))
-                    a0 = _mm256_add_epi32(a0, dot32_i8(W8(w0), xv, av, ones));
-                    a1 = _mm256_add_epi32(a1, dot32_i8(W8(w1), xv, av, ones));
-                    a2 = _mm256_add_epi32(a2, dot32_i8(W8(w2), xv, av, ones));
-                    a3 = _mm256_add_epi32(a3, dot32_i8(W8(w3), xv, av, ones));
+                    a0 = dot(a0, W8(w0), xv, av);
+                    a1 = dot(a1, W8(w1), xv, av);
+                    a2 = dot(a2, W8(w2), xv, av);
+                    a3 = dot(a3, W8(w3), xv, av);
 #undef W8
                 }
                 int s[4] = {hsum_i32(a0), hsum_i32(a1), hsum_i32(a2), hsum_i32(a3)};
@@ -441,7 +450,7 @@ __attribute__((target("avx2"))) static void i8_task(const void *args, int part, 
                     __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + i));
                     __m256i av = _mm256_loadu_si256((const __m256i *)(xa + i));
                     __m256i wv = _mm256_loadu_si256((const __m256i *)(w0 + i));
-                    a0 = _mm256_add_epi32(a0, dot32_i8(wv, xv, av, ones));
+                    a0 = dot(a0, wv, xv, av);
                 }
                 int s0 = hsum_i32(a0);
                 for (int i = n32; i < n; i++) s0 += w0[i] * xq[i];
@@ -451,10 +460,26 @@ __attribute__((target("avx2"))) static void i8_task(const void *args, int part, 
     }
 }
 
+__attribute__((target("avx2"))) static void i8_task(const void *args, int part, int parts) {
+    i8_rows(args, part, parts, dot_avx2);
+}
+
+__attribute__((target("avx2,avxvnni"))) static void i8_task_vnni(const void *args, int part,
+                                                                  int parts) {
+    i8_rows(args, part, parts, dot_vnni);
+}
+
 static int cpu_ok(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
            __builtin_cpu_supports("f16c");
+}
+
+static int vnni = -1; /* -1: not yet asked */
+
+static int has_vnni(void) {
+    if (vnni < 0) vnni = __builtin_cpu_supports("avxvnni");
+    return vnni;
 }
 
 /* Each row of x to int8 by its largest magnitude: xq = round(x * 127 / max|x|) (to nearest,
@@ -559,6 +584,21 @@ static PyObject *py_use_openmp(PyObject *self, PyObject *const *args, Py_ssize_t
     Py_RETURN_NONE;
 }
 
+/* set_vnni(on) -> bool: whether int8 products use AVX-VNNI (where the CPU has it; on by
+ * default there), else AVX2's vpmaddubsw; the result says which is now used. */
+static PyObject *py_set_vnni(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    long long a[1];
+    if (ints(args, nargs, 1, a)) return NULL;
+#if GPT2_NATIVE
+    __builtin_cpu_init();
+    vnni = a[0] && __builtin_cpu_supports("avxvnni");
+    return PyBool_FromLong(vnni);
+#else
+    Py_RETURN_FALSE;
+#endif
+}
+
 /* set_spin_us(us): how long our own pool's idle workers spin before sleeping (0: at once). */
 static PyObject *py_set_spin_us(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
@@ -604,7 +644,7 @@ static PyObject *py_linear_int8(PyObject *self, PyObject *const *args, Py_ssize_
     product p = {(const void *)(intptr_t)a[0], (const float *)(intptr_t)a[1], NULL, xq, xabs, xscale,
                  (const float *)(intptr_t)a[3], (float *)(intptr_t)a[4], n_out, rows, n_out,
                  n_in};
-    run_parallel(i8_task, &p, threads);
+    run_parallel(has_vnni() ? i8_task_vnni : i8_task, &p, threads);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 #else
@@ -642,6 +682,8 @@ static PyMethodDef methods[] = {
     {"available", py_available, METH_NOARGS, "Whether the kernels run on this CPU."},
     {"use_openmp", (PyCFunction)(void (*)(void))py_use_openmp, METH_FASTCALL,
      "Run on torch's OpenMP runtime."},
+    {"set_vnni", (PyCFunction)(void (*)(void))py_set_vnni, METH_FASTCALL,
+     "int8 products with AVX-VNNI (where the CPU has it) or not."},
     {"set_spin_us", (PyCFunction)(void (*)(void))py_set_spin_us, METH_FASTCALL,
      "Idle spin of our own pool's workers."},
     {"linear_int8", (PyCFunction)(void (*)(void))py_linear_int8, METH_FASTCALL,
