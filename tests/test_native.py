@@ -263,3 +263,27 @@ def test_several_sequences_keep_onednn_where_it_packs_them(tiny_checkpoint: Path
     assert choose_layout(cpu, torch.float32, rows=16) == Layout("onednn", rows=16)
     for rows in (1, 4, 8):
         assert choose_layout(cpu, torch.float32, rows=rows) == Layout("f32", native=True)
+
+
+def test_arena_hands_out_aligned_views_then_plain_tensors() -> None:
+    arena = native.Arena(1000)
+    a = arena.take((10, 3), torch.float32)
+    b = arena.take((5,), torch.int8)
+    assert a.shape == (10, 3) and b.dtype == torch.int8
+    base = arena.buffer.data_ptr()
+    assert a.data_ptr() % native.Arena.HUGE == 0  # the first view starts on a 2 MiB boundary
+    assert base <= a.data_ptr() < b.data_ptr() < base + arena.buffer.numel()
+    assert b.data_ptr() - a.data_ptr() == 128  # 120 bytes, rounded up to 64
+    a.fill_(1.5), b.fill_(-3)
+    assert a.sum().item() == 45.0 and b.sum().item() == -15
+    past = arena.take((1 << 20,), torch.float32)  # more than is left: a tensor of its own
+    assert not (base <= past.data_ptr() < base + arena.buffer.numel())
+
+
+@needs_native
+def test_kernel_weights_share_one_arena(tiny_checkpoint: Path) -> None:
+    model = load_checkpoint(tiny_checkpoint, dtype=torch.float32)
+    assert model.layout.linear == "f32"
+    fc, head = model.h[1].mlp.c_fc.matrix, model.head_matrix
+    assert isinstance(fc, native.NativeDenseMatrix) and isinstance(head, native.NativeDenseMatrix)
+    assert fc.w.untyped_storage().data_ptr() == head.w.untyped_storage().data_ptr()

@@ -32,7 +32,7 @@ from gpt2cli.model.linear import (
     choose_layout,
     quantize_rows,
 )
-from gpt2cli.model.native import NativeDenseMatrix, NativeInt8Matrix
+from gpt2cli.model.native import Arena, NativeDenseMatrix, NativeInt8Matrix
 from gpt2cli.model.tensorfile import TensorFile, TensorFileError, TensorInfo
 
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
@@ -174,12 +174,13 @@ def load_checkpoint(
     scratch_t = None
     if packed and layout.in_matrices:  # the embedding is converted a block of rows at a time
         scratch_t = torch.empty(_largest_matrix(tensors), dtype=torch.float32)
+    arena = _arena(tensors, layout) if layout.native else None
     try:
         if packed:  # prepacked weights are copies, made from the file's bytes
-            _pack_linear(model, tensors, dtype)
+            _pack_linear(model, tensors, dtype, arena)
         for name, (tf, info) in tensors.items():
             if layout.in_matrices and name in ("wte.weight", "lm_head.weight"):
-                _load_quantized_embedding(model, name, tf, info, layout, scratch_t)
+                _load_quantized_embedding(model, name, tf, info, layout, scratch_t, arena)
                 continue
             head = name.removesuffix(".weight") + "_t"
             if head == model.head_name:  # the output head, stored (d, vocab)
@@ -212,8 +213,20 @@ def _largest_matrix(tensors: dict[str, tuple[TensorFile, TensorInfo]]) -> int:
     return max(math.prod(i.shape) for n, (_, i) in tensors.items() if _is_linear(n, i))
 
 
+def _arena(tensors: dict[str, tuple[TensorFile, TensorInfo]], layout: Layout) -> Arena:
+    """One huge-paged allocation for every matrix gpt2cli's kernels will stream (native.Arena):
+    the block matrices and the embedding (and an untied head) in the held dtype."""
+    size = torch.empty((), dtype=layout.held_dtype).element_size()
+    names = ("wte.weight", "lm_head.weight")
+    held = [i for n, (_, i) in tensors.items() if _is_linear(n, i) or n in names]
+    return Arena(sum((math.prod(i.shape) * size + 63) // 64 * 64 for i in held))
+
+
 def _pack_linear(
-    model: GPT2, tensors: dict[str, tuple[TensorFile, TensorInfo]], dtype: torch.dtype
+    model: GPT2,
+    tensors: dict[str, tuple[TensorFile, TensorInfo]],
+    dtype: torch.dtype,
+    arena: Arena | None = None,
 ) -> None:
     """Transpose and pack every block matrix, on as many threads as torch may use (at most
     MAX_LOAD_THREADS), each single-threaded inside: a matrix's bytes are mapped from the file
@@ -240,7 +253,7 @@ def _pack_linear(
         scratch = buffers.get()
         try:
             with tf.mapped(info.name) as conv1d:
-                module.set_weight(conv1d, scratch)
+                module.set_weight(conv1d, scratch, arena)
                 del conv1d  # so that the map can be closed as the block ends
         finally:
             buffers.put(scratch)
@@ -271,6 +284,7 @@ def _load_quantized_embedding(
     info: TensorInfo,
     layout: Layout,
     scratch: torch.Tensor | None,
+    arena: Arena | None = None,
 ) -> None:
     """The embedding (and tied head) or the untied head of a quantized layout, read a block of
     rows at a time through `scratch` (float32), so no float32 copy of the whole (vocab, d)
@@ -278,7 +292,7 @@ def _load_quantized_embedding(
     vocab, d = info.shape
     int8 = layout.linear == "int8"
     keep = name == "wte.weight"  # looked up by token id; an untied lm_head only multiplies
-    rows = torch.empty(vocab, d, dtype=layout.held_dtype)
+    rows = (torch.empty if arena is None else arena.take)((vocab, d), layout.held_dtype)
     scale = torch.empty(vocab) if int8 else None
     blocks: list[Fp16Matrix] = []
     step = 4096 if scratch is None else max(1, scratch.numel() // d)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpt2cli.model import native
-from gpt2cli.model.native import NativeDenseMatrix, NativeInt8Matrix
+from gpt2cli.model.native import Arena, NativeDenseMatrix, NativeInt8Matrix
 
 LINEAR_LAYOUTS = ("out_in", "in_out", "onednn", "f32", "fp16", "int8")
 
@@ -276,13 +276,15 @@ class Fp16Matrix:
 QuantizedMatrix = Int8Matrix | NativeInt8Matrix | Fp16Matrix | NativeDenseMatrix
 
 
-def pack_matrix(w: torch.Tensor, layout: Layout) -> QuantizedMatrix:
+def pack_matrix(w: torch.Tensor, layout: Layout, arena: Arena | None = None) -> QuantizedMatrix:
     """W (out, in) float32 held for an `in_matrices` layout (W may be a scratch buffer: it is
-    not kept)."""
-    if layout.linear == "int8" and layout.native:
-        return NativeInt8Matrix(*quantize_rows(w, layout.int8_max))
+    not kept); gpt2cli's kernels get their copy of it from `arena` when one is given."""
     if layout.native:
-        return NativeDenseMatrix(w.to(layout.held_dtype, copy=True).contiguous())
+        held = torch.empty if arena is None else arena.take
+        if layout.linear == "int8":
+            q, scale = quantize_rows(w, layout.int8_max)
+            return NativeInt8Matrix(held(q.shape, torch.int8).copy_(q), scale)
+        return NativeDenseMatrix(held(w.shape, layout.held_dtype).copy_(w))
     if layout.linear == "int8":
         return Int8Matrix(*quantize_rows(w, layout.int8_max))
     return Fp16Matrix(w, layout.round_bf16)
@@ -300,10 +302,12 @@ class Linear(nn.Module):
         self.weight = nn.Parameter(torch.empty(shape))
         self.bias = nn.Parameter(torch.empty(n_out))
 
-    def set_weight(self, conv1d: torch.Tensor, scratch: torch.Tensor | None = None) -> None:
+    def set_weight(
+        self, conv1d: torch.Tensor, scratch: torch.Tensor | None = None, arena: Arena | None = None
+    ) -> None:
         """Store `conv1d` (in, out). For the prepacked layout, `scratch` (a 1-D buffer of the
         model's dtype, at least as large) takes the (out, in) copy packing needs, so no
-        temporary is allocated per weight."""
+        temporary is allocated per weight; gpt2cli's kernels hold theirs in `arena`."""
         if self.layout == "in_out":
             self.weight = nn.Parameter(conv1d.contiguous(), requires_grad=False)
         elif self.layout == "out_in":
@@ -315,7 +319,7 @@ class Linear(nn.Module):
                 dense = scratch[: n_in * n_out].view(n_out, n_in).copy_(dense)
             del self.weight
             self.weight = None
-            self.matrix = pack_matrix(dense, self.spec)
+            self.matrix = pack_matrix(dense, self.spec, arena)
         else:  # an opaque oneDNN tensor, so a buffer rather than a parameter
             n_in, n_out = conv1d.shape
             if scratch is None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 from functools import cache
 from types import ModuleType
 
@@ -69,6 +70,47 @@ def _openmp_runtime() -> tuple[int, int, int] | None:
         addresses = tuple(ctypes.cast(f, ctypes.c_void_p).value or 0 for f in fns)
         return addresses if all(addresses) else None  # type: ignore[return-value]
     return None
+
+
+class Arena:
+    """One allocation for all the weights the kernels stream, asked to be backed by transparent
+    huge pages (madvise(MADV_HUGEPAGE), before anything is written to it): the kernels read it
+    with fewer TLB misses. Measured on the 2-core Zen 5 EPYC, GPT-2 medium's block matrices in
+    float32: 33-34 GB/s on one core and 44-45 on two from separate 4 KiB-paged tensors, 37-38
+    and 47.5 from one huge-paged arena (each matrix's own madvise reached only a third of them in
+    huge pages, and read no faster). `take` hands out views in turn (thread-safe); past its size,
+    or where madvise is refused (THP off, not Linux), plain tensors and plain pages."""
+
+    HUGE = 1 << 21
+    MADV_HUGEPAGE = 14  # Linux
+
+    def __init__(self, nbytes: int) -> None:
+        self.buffer = torch.empty(nbytes + self.HUGE, dtype=torch.uint8)
+        start = self.buffer.data_ptr()
+        self.offset = -start % self.HUGE  # the first 2 MiB boundary
+        self.lock = threading.Lock()
+        self.huge = _madvise_huge(start + self.offset, nbytes)
+
+    def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised tensor of `shape` and `dtype` from the arena."""
+        size = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+        with self.lock:
+            start = self.offset
+            if start + size > self.buffer.numel():
+                return torch.empty(shape, dtype=dtype)
+            self.offset = start + (size + 63) // 64 * 64
+        return self.buffer[start : start + size].view(dtype).view(shape)
+
+
+def _madvise_huge(address: int, nbytes: int) -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        done = libc.madvise(
+            ctypes.c_void_p(address), ctypes.c_size_t(nbytes), ctypes.c_int(Arena.MADV_HUGEPAGE)
+        )
+    except (OSError, AttributeError):
+        return False
+    return done == 0
 
 
 def available() -> bool:
