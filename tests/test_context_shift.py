@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from gpt2cli.repl.settings import Settings, setting_text, updated
-from gpt2cli.runtime.generate import complete, fit_prompt, make_request
+from gpt2cli.runtime.generate import complete, fit_prompt
 from gpt2cli.runtime.loader import LoadedModel, load_model
-from gpt2cli.runtime.scheduler import Scheduler
 from gpt2cli.runtime.scoring import candidate_steps
-from gpt2cli.types import Delta, Finish, GenerationConfig, SamplingParams, Start
+from gpt2cli.types import Delta, GenerationConfig, SamplingParams, Start
 from gpt2cli.ui.render import Renderer
+from tests.support.batching import decode_together
 from tests.support.checkpoints import build_checkpoint
 from tests.support.cli import gpt2
 
@@ -93,14 +93,7 @@ def test_rows_shifting_at_different_steps_decode_as_they_would_alone(
     lm = dataclasses.replace(lm, cuda_graphs=graphs)
     prompts = ["Hi", PROMPT, "The quick brown fox jumps over the lazy dog and then it"]
     config = GenerationConfig(max_tokens=100, ignore_eos=True, context_shift=True)
-    scheduler = Scheduler(lm, max_batch=3)
-    for i, prompt in enumerate(prompts):
-        scheduler.submit(make_request(lm, prompt, SamplingParams(seed=10 + i), config, key=i))
-    batched: dict = {}
-    while not scheduler.idle:
-        for key, event in scheduler.step():
-            if isinstance(event, Finish):
-                batched[key] = event.completion
+    batched = decode_together(lm, prompts, config)
     assert len({c.prompt_tokens for c in batched.values()}) == 3
     for i, prompt in enumerate(prompts):
         alone = complete(lm, prompt, SamplingParams(seed=10 + i), config)[0]

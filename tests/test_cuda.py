@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt2cli.runtime.generate import complete, make_request
+from gpt2cli.runtime.generate import complete
 from gpt2cli.runtime.loader import LoadedModel, load_model
-from gpt2cli.runtime.scheduler import Scheduler
 from gpt2cli.runtime.scoring import score_ids
 from gpt2cli.runtime.steppers import EagerStepper, GraphStepper, make_stepper
-from gpt2cli.types import Finish, GenerationConfig, SamplingParams
+from gpt2cli.types import GenerationConfig, SamplingParams
+from tests.support.batching import decode_together
 from tests.support.checkpoints import build_checkpoint
 from tests.support.cli import gpt2
 
@@ -96,14 +96,7 @@ def test_sampled_tokens_on_cuda_batched_as_alone(gpu_lm: LoadedModel, graphs: bo
     lm = dataclasses.replace(gpu_lm, cuda_graphs=graphs)
     prompts = ["Hi", PROMPT, "The quick brown fox jumps over the lazy dog and then it"]
     config = GenerationConfig(max_tokens=50, ignore_eos=True)
-    scheduler = Scheduler(lm, max_batch=3)
-    for i, prompt in enumerate(prompts):
-        scheduler.submit(make_request(lm, prompt, SamplingParams(seed=10 + i), config, key=i))
-    batched: dict = {}
-    while not scheduler.idle:
-        for key, event in scheduler.step():
-            if isinstance(event, Finish):
-                batched[key] = event.completion
+    batched = decode_together(lm, prompts, config)
     for i, prompt in enumerate(prompts):
         alone = complete(lm, prompt, SamplingParams(seed=10 + i), config)[0]
         assert batched[i].token_ids == alone.token_ids
