@@ -75,6 +75,8 @@ def int8_dot(request: pytest.FixtureRequest) -> Iterator[str]:
     if request.param == "avx-vnni" and not default:
         pytest.skip("this CPU has no AVX-VNNI")
     lib.set_vnni(int(request.param == "avx-vnni"))
+    described = Layout("int8", native=True).describe()
+    assert ("(AVX-VNNI products)" in described) == (request.param == "avx-vnni")  # shown by -v
     yield request.param
     lib.set_vnni(1)
 

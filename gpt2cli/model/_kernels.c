@@ -599,6 +599,16 @@ static PyObject *py_set_vnni(PyObject *self, PyObject *const *args, Py_ssize_t n
 #endif
 }
 
+/* vnni() -> bool: whether int8 products use AVX-VNNI now. */
+static PyObject *py_vnni(PyObject *self, PyObject *unused) {
+    (void)self, (void)unused;
+#if GPT2_NATIVE
+    return PyBool_FromLong(has_vnni());
+#else
+    Py_RETURN_FALSE;
+#endif
+}
+
 /* set_spin_us(us): how long our own pool's idle workers spin before sleeping (0: at once). */
 static PyObject *py_set_spin_us(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
@@ -682,6 +692,7 @@ static PyMethodDef methods[] = {
     {"available", py_available, METH_NOARGS, "Whether the kernels run on this CPU."},
     {"use_openmp", (PyCFunction)(void (*)(void))py_use_openmp, METH_FASTCALL,
      "Run on torch's OpenMP runtime."},
+    {"vnni", py_vnni, METH_NOARGS, "Whether int8 products use AVX-VNNI."},
     {"set_vnni", (PyCFunction)(void (*)(void))py_set_vnni, METH_FASTCALL,
      "int8 products with AVX-VNNI (where the CPU has it) or not."},
     {"set_spin_us", (PyCFunction)(void (*)(void))py_set_spin_us, METH_FASTCALL,

@@ -80,9 +80,11 @@ class Layout:
     def describe(self) -> str:
         """For --verbose: which kernel multiplies the weights."""
         if self.linear == "int8" and self.native:
+            lib = native.kernels()
+            dot = " (AVX-VNNI products)" if lib is not None and lib.vnni() else ""
             return (
                 "int8 weights (8-bit, a scale per output channel) and activations (a scale per "
-                "token), gpt2cli's own AVX2 kernels; float32 elsewhere"
+                f"token), gpt2cli's own AVX2 kernels{dot}; float32 elsewhere"
             )
         if self.linear == "int8":
             bits = "8-bit" if self.int8_max == 127 else "7-bit (no VNNI: 8-bit products saturate)"
