@@ -176,9 +176,9 @@ static void run_parallel(task_fn fn, const void *args, int parts) {
  * ------------------------------------------------------------------------------------------- */
 
 typedef struct {
-    const void *w;       /* (n_out, n_in): int8 or float16 */
+    const void *w;       /* (n_out, n_in): int8, float32, float16 or bfloat16 */
     const float *wscale; /* int8: (n_out,) */
-    const float *x;      /* float16: x, (rows, n_in) */
+    const float *x;      /* the dense kinds: x, (rows, n_in) */
     const int8_t *xq;    /* int8: x quantized, (rows, n_in) */
     const uint8_t *xabs; /* |xq| */
     const float *xscale; /* (rows,): x ~ xq * xscale */

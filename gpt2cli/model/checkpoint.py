@@ -216,7 +216,7 @@ def _largest_matrix(tensors: dict[str, tuple[TensorFile, TensorInfo]]) -> int:
 def _arena(tensors: dict[str, tuple[TensorFile, TensorInfo]], layout: Layout) -> Arena:
     """One huge-paged allocation for every matrix gpt2cli's kernels will stream (native.Arena):
     the block matrices and the embedding (and an untied head) in the held dtype."""
-    size = torch.empty((), dtype=layout.held_dtype).element_size()
+    size = layout.held_dtype.itemsize
     names = ("wte.weight", "lm_head.weight")
     held = [i for n, (_, i) in tensors.items() if _is_linear(n, i) or n in names]
     return Arena(sum((math.prod(i.shape) * size + 63) // 64 * 64 for i in held))

@@ -89,11 +89,11 @@ class Arena:
         start = self.buffer.data_ptr()
         self.offset = -start % self.HUGE  # the first 2 MiB boundary
         self.lock = threading.Lock()
-        self.huge = _madvise_huge(start + self.offset, nbytes)
+        _madvise_huge(start + self.offset, nbytes)
 
     def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """An uninitialised tensor of `shape` and `dtype` from the arena."""
-        size = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+        size = torch.Size(shape).numel() * dtype.itemsize
         with self.lock:
             start = self.offset
             if start + size > self.buffer.numel():
@@ -191,18 +191,23 @@ class NativeDenseMatrix:
         self.n_out, self.n_in = w.shape
         self.pointer = self.w.data_ptr()
 
+    def _many_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """x W^T by oneDNN: on W itself (float32), or in blocks of W's rows converted to float32
+        (a float32 copy of a 16-bit head would be 154 MB)."""
+        if self.kind == self.KINDS[torch.float32]:
+            return _dense(x, self.w)
+        step = max(1, self.BLOCK_ELEMENTS // self.n_in)
+        parts = [_dense(x, self.w[i : i + step].float()) for i in range(0, self.n_out, step)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
     def rows(self, first: int, last: int) -> NativeDenseMatrix:
         """The product with W's rows [first, last) only (a view, not a copy)."""
         return NativeDenseMatrix(self.w[first:last])
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         x, rows = _rows(x, self.n_in)
-        if rows > self.MAX_ROWS and self.kind == 0:
-            return _dense(x, self.w) if bias is None else _dense(x, self.w).add_(bias)
-        if rows > self.MAX_ROWS:  # in blocks of W's rows: a float32 head would be 154 MB
-            step = max(1, self.BLOCK_ELEMENTS // self.n_in)
-            parts = [_dense(x, self.w[i : i + step].float()) for i in range(0, self.n_out, step)]
-            y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        if rows > self.MAX_ROWS:
+            y = self._many_rows(x)
             return y if bias is None else y.add_(bias)
         y = torch.empty(*x.shape[:-1], self.n_out)
         self.linear(
