@@ -23,6 +23,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <math.h>
 #include <stdlib.h>
 
 #if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
@@ -216,6 +217,13 @@ __attribute__((target("avx2,fma"))) static inline float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+__attribute__((target("avx2"))) static inline float hmax(__m256 v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
 
@@ -469,6 +477,161 @@ __attribute__((target("avx2,avxvnni"))) static void i8_task_vnni(const void *arg
     i8_rows(args, part, parts, dot_vnni);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Attention of one new token per row over its cached keys and values (decoding). Each part of a
+ * task owns some (row, head) pairs: it writes the pair's new key and value into the cache at the
+ * row's position, scores the query against keys [0, position], takes the softmax and sums the
+ * values it weights. The cache holds float32 or float16 (kind W_F32 / W_F16).
+ * ------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    const float *qkv; /* (batch, qkv_stride): q, k, v of each row's new token, each heads * hd */
+    long qkv_stride;
+    char *k, *v; /* the layer's cache: row b, head h, position t, element i at
+                  * b * bstride + h * hstride + t * hd + i elements */
+    long bstride, hstride;
+    const int64_t *positions; /* (batch,), or NULL: every row at `position` */
+    long position;
+    float *y; /* (batch, heads * hd): each row's heads side by side */
+    float *scores; /* scratch: part p's scores at scores + p * scores_stride */
+    long scores_stride;
+    int batch, heads, hd;
+    float scale;
+} attention;
+
+/* e^x, 8 at a time, for x <= 0 (scores less their maximum): Cephes' expf (a degree-5 polynomial
+ * on [-ln2/2, ln2/2] times 2^n), relative error ~1e-7; flushed to 0 below e^-87 */
+__attribute__((target("avx2,fma"))) static inline __m256 exp8(__m256 x) {
+    __m256 tiny = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_LT_OQ);
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_add_ps(_mm256_fmadd_ps(y, _mm256_mul_ps(x, x), x), _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(tiny, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
+}
+
+/* the 8 horizontal sums of a0..a7, in order, as one vector */
+__attribute__((target("avx2"))) static inline __m256 hsum8(__m256 a0, __m256 a1, __m256 a2,
+                                                           __m256 a3, __m256 a4, __m256 a5,
+                                                           __m256 a6, __m256 a7) {
+    __m256 t0 = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    __m256 t1 = _mm256_hadd_ps(_mm256_hadd_ps(a4, a5), _mm256_hadd_ps(a6, a7));
+    return _mm256_add_ps(_mm256_permute2f128_ps(t0, t1, 0x20),
+                         _mm256_permute2f128_ps(t0, t1, 0x31));
+}
+
+/* 8 float32 values into w (an array of `kind`, float32 or float16) at element i */
+__attribute__((target("avx2,fma,f16c"))) static inline void put8(void *w, size_t i, __m256 v,
+                                                                 int kind) {
+    if (kind == W_F32)
+        _mm256_storeu_ps((float *)w + i, v);
+    else
+        _mm_storeu_si128((__m128i *)((uint16_t *)w + i),
+                         _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+#define MAX_HD 256 /* head sizes up to this, multiples of 8 (GPT-2's are 64) */
+
+__attribute__((target("avx2,fma,f16c"), always_inline)) static inline void
+attend_pair(const attention *a, int b, int h, float *s, int kind, int hd) {
+    const size_t size = kind == W_F32 ? 4 : 2;
+    const long pos = a->positions ? a->positions[b] : a->position;
+    const int L = (int)pos + 1, C = a->heads * hd, n8 = hd / 8;
+    const float *q = a->qkv + b * a->qkv_stride + (long)h * hd;
+    const long base = (b * a->bstride + h * a->hstride) * (long)size;
+    char *K = a->k + base, *V = a->v + base;
+    __m256 qv[MAX_HD / 8], acc[MAX_HD / 8];
+    const __m256 scale = _mm256_set1_ps(a->scale);
+    for (int j = 0; j < n8; j++) {
+        put8(K, pos * hd + 8 * j, _mm256_loadu_ps(q + C + 8 * j), kind);
+        put8(V, pos * hd + 8 * j, _mm256_loadu_ps(q + 2 * C + 8 * j), kind);
+        qv[j] = _mm256_mul_ps(_mm256_loadu_ps(q + 8 * j), scale);
+    }
+    /* scores, 8 keys at a time */
+    const size_t row = (size_t)hd * size; /* bytes per position */
+    int t = 0;
+    __m256 vmax = _mm256_set1_ps(-INFINITY);
+    for (; t + 8 <= L; t += 8) {
+        const char *k0 = K + t * row;
+        __m256 d[8];
+        for (int u = 0; u < 8; u++) {
+            __m256 x = _mm256_mul_ps(load8(k0 + u * row, 0, kind), qv[0]);
+            for (int j = 1; j < n8; j++) x = _mm256_fmadd_ps(load8(k0 + u * row, 8 * j, kind), qv[j], x);
+            d[u] = x;
+        }
+        __m256 sv = hsum8(d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]);
+        _mm256_storeu_ps(s + t, sv);
+        vmax = _mm256_max_ps(vmax, sv);
+    }
+    float m = hmax(vmax);
+    for (; t < L; t++) {
+        const char *kt = K + t * row;
+        __m256 x = _mm256_mul_ps(load8(kt, 0, kind), qv[0]);
+        for (int j = 1; j < n8; j++) x = _mm256_fmadd_ps(load8(kt, 8 * j, kind), qv[j], x);
+        s[t] = hsum(x);
+        if (s[t] > m) m = s[t];
+    }
+    /* softmax weights (unnormalised) and their sum */
+    const __m256 vm = _mm256_set1_ps(m);
+    __m256 vsum = _mm256_setzero_ps();
+    t = 0;
+    for (; t + 8 <= L; t += 8) {
+        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + t), vm));
+        _mm256_storeu_ps(s + t, e);
+        vsum = _mm256_add_ps(vsum, e);
+    }
+    float sum = hsum(vsum);
+    for (; t < L; t++) {
+        s[t] = expf(s[t] - m);
+        sum += s[t];
+    }
+    /* the values they weight */
+    for (int j = 0; j < n8; j++) acc[j] = _mm256_setzero_ps();
+    for (t = 0; t < L; t++) {
+        const __m256 p = _mm256_set1_ps(s[t]);
+        const char *vt = V + t * row;
+        for (int j = 0; j < n8; j++) acc[j] = _mm256_fmadd_ps(p, load8(vt, 8 * j, kind), acc[j]);
+    }
+    const __m256 inv = _mm256_set1_ps(1.0f / sum);
+    float *y = a->y + (long)b * C + (long)h * hd;
+    for (int j = 0; j < n8; j++) _mm256_storeu_ps(y + 8 * j, _mm256_mul_ps(acc[j], inv));
+}
+
+__attribute__((target("avx2,fma,f16c"), always_inline)) static inline void
+attention_part(const void *args, int part, int parts, int kind) {
+    const attention *a = args;
+    float *scores = a->scores + part * a->scores_stride;
+    int pairs = a->batch * a->heads;
+    int lo = (int)((long)pairs * part / parts), hi = (int)((long)pairs * (part + 1) / parts);
+    for (int i = lo; i < hi; i++) {
+        int b = i / a->heads, h = i % a->heads;
+        if (a->hd == 64)
+            attend_pair(a, b, h, scores, kind, 64); /* GPT-2's: a constant, unrolled */
+        else
+            attend_pair(a, b, h, scores, kind, a->hd);
+    }
+}
+
+__attribute__((target("avx2,fma,f16c"))) static void attention_f32(const void *a, int part,
+                                                                   int n) {
+    attention_part(a, part, n, W_F32);
+}
+
+__attribute__((target("avx2,fma,f16c"))) static void attention_f16(const void *a, int part,
+                                                                   int n) {
+    attention_part(a, part, n, W_F16);
+}
+
 static int cpu_ok(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
@@ -688,6 +851,46 @@ static PyObject *py_linear_dense(PyObject *self, PyObject *const *args, Py_ssize
 #endif
 }
 
+/* attend(qkv, qkv_stride, k, v, kind, bstride, hstride, positions, position, y, batch, heads,
+ * hd, threads, scale): one new token per row attends over the layer's cache (see `attention`);
+ * kind 0: the cache holds float32, 1: float16; positions 0: every row at `position`. */
+static PyObject *py_attend(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    long long a[14];
+    if (nargs != 15) {
+        PyErr_Format(PyExc_TypeError, "expected 15 arguments, got %zd", nargs);
+        return NULL;
+    }
+    if (ints(args, 14, 14, a)) return NULL;
+    double scale = PyFloat_AsDouble(args[14]);
+    if (scale == -1.0 && PyErr_Occurred()) return NULL;
+#if GPT2_NATIVE
+    int batch = (int)a[10], heads = (int)a[11], hd = (int)a[12], threads = (int)a[13];
+    if (a[4] < 0 || a[4] > 1 || hd % 8 || hd <= 0 || hd > MAX_HD || threads < 1) {
+        PyErr_SetString(PyExc_ValueError, "attend: a float32 or float16 cache and a head size "
+                                          "that is a multiple of 8, at most 256");
+        return NULL;
+    }
+    const int64_t *positions = (const int64_t *)(intptr_t)a[7];
+    long longest = (long)a[8];
+    for (int b = 0; positions && b < batch; b++)
+        if (positions[b] > longest) longest = (long)positions[b];
+    long stride = (longest + 1 + 15) & ~15L;
+    float *scores = (float *)scratch_of((size_t)threads * stride * sizeof(float) + 64);
+    if (!scores) return PyErr_NoMemory();
+    scores = (float *)(((uintptr_t)scores + 63) & ~(uintptr_t)63);
+    attention t = {(const float *)(intptr_t)a[0], (long)a[1], (char *)(intptr_t)a[2],
+                   (char *)(intptr_t)a[3], (long)a[5], (long)a[6], positions, (long)a[8],
+                   (float *)(intptr_t)a[9], scores, stride, batch, heads, hd, (float)scale};
+    Py_BEGIN_ALLOW_THREADS
+    run_parallel(a[4] ? attention_f16 : attention_f32, &t, threads);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+#else
+    return not_built();
+#endif
+}
+
 static PyMethodDef methods[] = {
     {"available", py_available, METH_NOARGS, "Whether the kernels run on this CPU."},
     {"use_openmp", (PyCFunction)(void (*)(void))py_use_openmp, METH_FASTCALL,
@@ -701,6 +904,8 @@ static PyMethodDef methods[] = {
      "y = x (q * wscale)^T + bias."},
     {"linear_dense", (PyCFunction)(void (*)(void))py_linear_dense, METH_FASTCALL,
      "y = x W^T + bias, W float32, float16 or bfloat16."},
+    {"attend", (PyCFunction)(void (*)(void))py_attend, METH_FASTCALL,
+     "One new token per row attends over its cached keys and values."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,0 +1,168 @@
+"""Decoding steps attend on gpt2cli's own kernel (`native.attend`): against float64 softmax
+attention over the same cached (rounded) keys and values, for float32 and float16 caches, one
+position for every row or one per row, head sizes GPT-2 has and others, on 1-3 threads; and in
+the model, against torch's SDPA over the same cache, step by step."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt2cli.model import native
+from gpt2cli.model.checkpoint import load_checkpoint
+from gpt2cli.model.gpt2 import GPT2, KVCache
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="native kernels not built here")
+
+
+@pytest.fixture(params=[1, 2, 3], ids=["1-thread", "2-threads", "3-threads"])
+def threads(request: pytest.FixtureRequest) -> Iterator[int]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def _reference(
+    qkv: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    positions: list[int],
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What `attend` must do, in float64: the cache with each row's new key and value written
+    (rounded to the cache's dtype), and each row's output over positions [0, its position]."""
+    batch, heads, _, hd = keys.shape
+    keys, values = keys.clone(), values.clone()
+    q, k, v = qkv.view(batch, 3, heads, hd).unbind(1)
+    out = torch.empty(batch, heads, hd, dtype=torch.float64)
+    for b, p in enumerate(positions):
+        keys[b, :, p], values[b, :, p] = k[b], v[b]
+        scores = torch.einsum("hd,htd->ht", q[b].double(), keys[b, :, : p + 1].double())
+        weights = torch.softmax(scores * scale, dim=-1)
+        out[b] = torch.einsum("ht,htd->hd", weights, values[b, :, : p + 1].double())
+    return out.view(batch, heads * hd).float(), keys, values
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize(
+    ("batch", "heads", "hd", "window", "positions"),
+    [
+        (1, 12, 64, 1024, [900]),  # GPT-2's head size, late in its window
+        (1, 2, 64, 64, [0]),  # the first token attends to itself only
+        (3, 2, 32, 64, [5, 17, 63]),  # rows at their own positions, up to the window's end
+        (2, 4, 24, 40, [7, 8]),  # a head size that is not GPT-2's; 8 and 9 keys
+        (4, 3, 128, 50, [15, 16, 31, 32]),
+    ],
+)
+def test_attend_is_softmax_attention_over_the_cache(
+    dtype: torch.dtype,
+    batch: int,
+    heads: int,
+    hd: int,
+    window: int,
+    positions: list[int],
+    threads: int,
+) -> None:
+    torch.manual_seed(batch * 100 + hd)
+    keys = torch.randn(batch, heads, window, hd).to(dtype)
+    values = torch.randn(batch, heads, window, hd).to(dtype)
+    qkv = torch.randn(batch, 3 * heads * hd)
+    qkv[0, : heads * hd] *= 8  # a sharply peaked softmax (e^-x underflows for most keys)
+    scale = 1 / math.sqrt(hd)
+    want, want_k, want_v = _reference(qkv, keys, values, positions, scale)
+    same = len(set(positions)) == 1
+    at: torch.Tensor | int = positions[0] if same else torch.tensor(positions)
+    got = native.attend(qkv, keys, values, at, scale)
+    assert torch.equal(keys, want_k) and torch.equal(values, want_v)  # written, nothing else
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-6)
+
+
+def test_attend_reads_a_view_of_some_rows_of_the_cache() -> None:
+    """The scheduler decodes rows [0, n) of a bigger cache: a view whose rows are strided."""
+    torch.manual_seed(1)
+    cache = torch.randn(2, 5, 3, 32, 16)  # layers, rows, heads, window, head size
+    keys, values = cache[0, :2], cache[1, :2]
+    qkv = torch.randn(2, 3 * 3 * 16)
+    want, want_k, _ = _reference(qkv, keys, values, [4, 9], 0.3)
+    untouched = cache[:, 2:].clone()
+    got = native.attend(qkv, keys, values, torch.tensor([4, 9]), 0.3)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-6)
+    assert torch.equal(keys, want_k) and torch.equal(cache[:, 2:], untouched)
+
+
+def test_attend_refuses_what_it_would_read_or_write_out_of_bounds() -> None:
+    keys = torch.zeros(2, 2, 16, 8)
+    qkv = torch.zeros(2, 3 * 2 * 8)
+    with pytest.raises(ValueError, match="window"):
+        native.attend(qkv, keys, keys.clone(), 16, 1.0)
+    with pytest.raises(ValueError, match="window"):
+        native.attend(qkv, keys, keys.clone(), torch.tensor([3, -1]), 1.0)
+    with pytest.raises(ValueError, match="qkv"):
+        native.attend(qkv[:1], keys, keys.clone(), 3, 1.0)
+    with pytest.raises(ValueError, match="float32 or float16"):
+        native.attend(qkv, keys.bfloat16(), keys.bfloat16(), 3, 1.0)
+    odd = torch.zeros(2, 2, 16, 12)  # head size not a multiple of 8
+    with pytest.raises(ValueError, match="multiple of 8"):
+        native.attend(torch.zeros(2, 3 * 2 * 12), odd, odd.clone(), 3, 1.0)
+
+
+def _decode(model: GPT2, prompt: torch.Tensor, steps: int, kernel: bool) -> torch.Tensor:
+    """Logits of a prompt's last token then of `steps` greedy tokens, one per forward pass,
+    each step attending on the kernel or through SDPA."""
+    cache = model.new_cache(prompt.shape[0])
+    cache.native = kernel and cache.native
+    logits = [model(prompt, cache)]
+    for _ in range(steps):
+        logits.append(model(logits[-1].argmax(-1, keepdim=True), cache))
+    return torch.stack(logits)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "kv"),
+    [("float32", torch.float32), ("bfloat16", torch.float16), ("int8", torch.float16)],
+)
+def test_decoding_steps_on_the_kernel_are_sdpas(tiny_checkpoint: Path, dtype: str, kv) -> None:
+    """Float32 weights keep a float32 cache (decoding stays as exact as transformers'); 16-bit
+    and int8 weights keep a float16 one. Either way the kernel's steps give SDPA's logits."""
+    from gpt2cli.runtime.loader import load_model
+
+    model = load_model(tiny_checkpoint, device="cpu", dtype=dtype).model
+    assert model.kv_dtype == kv
+    cache = model.new_cache(2)
+    assert isinstance(cache, KVCache) and cache.native and cache.k.dtype == kv
+    torch.manual_seed(0)
+    prompt = torch.randint(0, model.config.vocab_size, (2, 7))
+    torch.testing.assert_close(
+        _decode(model, prompt, 20, kernel=True),
+        _decode(model, prompt, 20, kernel=False),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+
+
+def test_rows_at_their_own_positions_on_the_kernel_are_sdpas(tiny_checkpoint: Path) -> None:
+    """`forward_rows` (continuous batching): each row attends over its own prefix only."""
+    model = load_checkpoint(tiny_checkpoint)
+    torch.manual_seed(1)
+    lengths = [3, 9, 14]
+    outputs = []
+    for kernel in (True, False):
+        cache = model.new_cache(3, zeroed=True)
+        cache.native = kernel
+        for r, n in enumerate(lengths):
+            view = cache.rows(r, r + 1)
+            view.native = kernel
+            model(torch.arange(n).view(1, -1) + r, view)
+        tokens = torch.tensor([5, 6, 7])
+        steps = []
+        for step in range(4):
+            at = torch.tensor(lengths) + step
+            steps.append(model.forward_rows(tokens, at, cache, end=int(at.max()) + 1))
+            tokens = steps[-1].argmax(-1)
+        outputs.append(torch.stack(steps))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
