@@ -131,8 +131,11 @@ def test_decoding_steps_on_the_kernel_are_sdpas(tiny_checkpoint: Path, dtype: st
     and int8 weights keep a float16 one. Either way the kernel's steps give SDPA's logits."""
     from gpt2cli.runtime.loader import load_model
 
-    model = load_model(tiny_checkpoint, device="cpu", dtype=dtype).model
+    lm = load_model(tiny_checkpoint, device="cpu", dtype=dtype)
+    model = lm.model
     assert model.kv_dtype == kv
+    name = str(kv).removeprefix("torch.")  # --verbose says so
+    assert f"{name} key/value cache, decoding attends by gpt2cli's kernel" in lm.describe()
     cache = model.new_cache(2)
     assert isinstance(cache, KVCache) and cache.native and cache.k.dtype == kv
     torch.manual_seed(0)

@@ -56,6 +56,11 @@ class Span:
         return cls(None, positions, end, mask, False)
 
 
+def attends_natively(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether decoding steps over a cache of `dtype` on `device` attend on gpt2cli's kernel."""
+    return device.type == "cpu" and dtype in native.ATTENTION_KINDS and native.available()
+
+
 class KVCache:
     """Keys and values for every layer, preallocated for the whole window: decoding writes in
     place and never allocates per token. `length` counts the positions filled by chunks (all
@@ -80,9 +85,7 @@ class KVCache:
         self.k = alloc(shape, device=device, dtype=dtype)
         self.v = alloc(shape, device=device, dtype=dtype)
         self.length = 0
-        self.native = (
-            device.type == "cpu" and dtype in native.ATTENTION_KINDS and native.available()
-        )
+        self.native = attends_natively(device, dtype)
 
     @property
     def batch(self) -> int:
@@ -320,6 +323,12 @@ class GPT2(nn.Module):
         if p.device.type == "cpu" and fewer_bits and native.available():
             return torch.float16
         return p.dtype
+
+    def describe_attention(self) -> str:
+        """For --verbose: what the cache holds and what attends over it when decoding."""
+        kv = self.kv_dtype
+        how = "gpt2cli's kernel" if attends_natively(self.wpe.device, kv) else "torch's SDPA"
+        return f"{str(kv).removeprefix('torch.')} key/value cache, decoding attends by {how}"
 
     def new_cache(self, batch: int = 1, zeroed: bool = False) -> KVCache:
         return KVCache(self.config, batch, self.wpe.device, self.kv_dtype, zeroed)

@@ -78,7 +78,8 @@ class LoadedModel:
         """The --verbose line about the loaded model."""
         return (
             f"model {self.name} ({self.path}) on {self.device}, {self.precision_name} "
-            f"({self.model.layout.describe()}), window {self.context_length} tokens"
+            f"({self.model.layout.describe()}; {self.model.describe_attention()}), "
+            f"window {self.context_length} tokens"
             + (_threads_note() if self.device.type == "cpu" else "")
         )
 
