@@ -25,6 +25,7 @@
 #include <stdint.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
 #define GPT2_NATIVE 1
@@ -187,6 +188,7 @@ typedef struct {
     float *y;            /* (rows, y_stride) */
     long y_stride;
     int rows, n_out, n_in;
+    int accumulate; /* y += x W^T + b (a residual connection) rather than y = */
 } product;
 
 static void part_range(const product *p, int part, int parts, int *lo, int *hi) {
@@ -205,7 +207,9 @@ __attribute__((target("avx2"))) static inline int hsum_i32(__m256i v) {
 }
 
 static inline void store(const product *p, int r, int o, float v) {
-    p->y[r * p->y_stride + o] = p->bias ? v + p->bias[o] : v;
+    float *y = p->y + r * p->y_stride + o;
+    if (p->bias) v += p->bias[o];
+    *y = p->accumulate ? *y + v : v;
 }
 
 /* float32, float16 or bfloat16 weights, float32 activations and sums. One loop for the three,
@@ -691,6 +695,120 @@ __attribute__((target("avx2"))) static void quantize_rows(const float *x, int ro
     }
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * A whole decoding step through the blocks: for one new token per row, every layer's LayerNorm,
+ * attention (its products, the cache write, the softmax), residual additions, MLP and GELU in
+ * one call, from a plan of each layer's weights that the caller builds once.
+ * ------------------------------------------------------------------------------------------- */
+
+enum { M_INT8 = 3 }; /* matrix kinds: W_F32, W_F16, W_BF16 (dense), M_INT8 */
+
+typedef struct {
+    int64_t kind, w, scale, bias, n_out, n_in; /* addresses as integers; scale: int8 only */
+} matrix_spec;
+
+typedef struct {
+    int64_t ln1_w, ln1_b, ln2_w, ln2_b;
+    matrix_spec attn, proj, fc, out;
+    int64_t eps_bits, scale_bits; /* float32 bit patterns: LayerNorm's eps, attention's scale */
+} layer_plan;
+
+#define PLAN_LEN ((int)(sizeof(layer_plan) / sizeof(int64_t)))
+
+static float float_of(int64_t bits) {
+    union {
+        uint32_t u;
+        float f;
+    } v = {(uint32_t)bits};
+    return v.f;
+}
+
+/* y = LayerNorm(x) per row of n: (x - mean) / sqrt(var + eps) * w + b, var biased (torch's) */
+__attribute__((target("avx2,fma"))) static void layer_norm(const float *x, float *y, int rows,
+                                                           int n, const float *w, const float *b,
+                                                           float eps) {
+    int n8 = n & ~7;
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * n;
+        float *yr = y + (size_t)r * n;
+        __m256 s = _mm256_setzero_ps();
+        for (int i = 0; i < n8; i += 8) s = _mm256_add_ps(s, _mm256_loadu_ps(xr + i));
+        float sum = hsum(s);
+        for (int i = n8; i < n; i++) sum += xr[i];
+        float mean = sum / n;
+        const __m256 vm = _mm256_set1_ps(mean);
+        s = _mm256_setzero_ps();
+        for (int i = 0; i < n8; i += 8) {
+            __m256 d = _mm256_sub_ps(_mm256_loadu_ps(xr + i), vm);
+            s = _mm256_fmadd_ps(d, d, s);
+        }
+        float var = hsum(s);
+        for (int i = n8; i < n; i++) var += (xr[i] - mean) * (xr[i] - mean);
+        float rstd = 1.0f / sqrtf(var / n + eps);
+        const __m256 vr = _mm256_set1_ps(rstd);
+        int i = 0;
+        for (; i < n8; i += 8) {
+            __m256 d = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(xr + i), vm), vr);
+            _mm256_storeu_ps(yr + i, _mm256_fmadd_ps(d, _mm256_loadu_ps(w + i), _mm256_loadu_ps(b + i)));
+        }
+        for (; i < n; i++) yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
+    }
+}
+
+/* GPT-2's GELU (tanh form) in place: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), tanh(u)
+ * as sign(u) (1 - e) / (1 + e) with e = e^(-2|u|) <= 1 */
+__attribute__((target("avx2,fma"))) static void gelu_tanh(float *x, size_t n) {
+    const __m256 c = _mm256_set1_ps(0.7978845608028654f), k = _mm256_set1_ps(0.044715f);
+    const __m256 one = _mm256_set1_ps(1.0f), half = _mm256_set1_ps(0.5f);
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        __m256 u = _mm256_mul_ps(c, _mm256_fmadd_ps(_mm256_mul_ps(k, v), _mm256_mul_ps(v, v), v));
+        __m256 e = exp8(_mm256_mul_ps(_mm256_set1_ps(-2.0f), _mm256_andnot_ps(sign, u)));
+        __m256 t = _mm256_div_ps(_mm256_sub_ps(one, e), _mm256_add_ps(one, e));
+        t = _mm256_or_ps(t, _mm256_and_ps(sign, u));
+        _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_mul_ps(half, v), _mm256_add_ps(one, t)));
+    }
+    for (; i < n; i++) {
+        float v = x[i];
+        x[i] = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+    }
+}
+
+typedef struct {
+    int8_t *xq;
+    uint8_t *xabs;
+    float *xscale;
+} int8_scratch;
+
+/* y (rows, n_out) = x (rows, n_in) W^T + b, or y += that with `accumulate` */
+__attribute__((target("avx2,fma,f16c"))) static void matmul(const matrix_spec *m, const float *x,
+                                                            int rows, float *y, int accumulate,
+                                                            int threads, int8_scratch s) {
+    static const task_fn dense[] = {f32_task, f16_task, bf16_task};
+    product p = {0};
+    p.w = (const void *)(intptr_t)m->w;
+    p.bias = (const float *)(intptr_t)m->bias;
+    p.y = y;
+    p.y_stride = m->n_out;
+    p.rows = rows;
+    p.n_out = (int)m->n_out;
+    p.n_in = (int)m->n_in;
+    p.accumulate = accumulate;
+    if (m->kind == M_INT8) {
+        quantize_rows(x, rows, p.n_in, s.xq, s.xabs, s.xscale);
+        p.wscale = (const float *)(intptr_t)m->scale;
+        p.xq = s.xq;
+        p.xabs = s.xabs;
+        p.xscale = s.xscale;
+        run_parallel(has_vnni() ? i8_task_vnni : i8_task, &p, threads);
+    } else {
+        p.x = x;
+        run_parallel(dense[m->kind], &p, threads);
+    }
+}
+
 #endif /* GPT2_NATIVE */
 
 /* ---------------------------------------------------------------------------------------------
@@ -816,7 +934,7 @@ static PyObject *py_linear_int8(PyObject *self, PyObject *const *args, Py_ssize_
     quantize_rows((const float *)(intptr_t)a[2], rows, n_in, xq, xabs, xscale);
     product p = {(const void *)(intptr_t)a[0], (const float *)(intptr_t)a[1], NULL, xq, xabs, xscale,
                  (const float *)(intptr_t)a[3], (float *)(intptr_t)a[4], n_out, rows, n_out,
-                 n_in};
+                 n_in, 0};
     run_parallel(has_vnni() ? i8_task_vnni : i8_task, &p, threads);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
@@ -840,7 +958,7 @@ static PyObject *py_linear_dense(PyObject *self, PyObject *const *args, Py_ssize
     }
     product p = {(const void *)(intptr_t)a[1], NULL, (const float *)(intptr_t)a[2], NULL, NULL,
                  NULL, (const float *)(intptr_t)a[3], (float *)(intptr_t)a[4], a[6], (int)a[5],
-                 (int)a[6], (int)a[7]};
+                 (int)a[6], (int)a[7], 0};
     int threads = (int)a[8];
     Py_BEGIN_ALLOW_THREADS
     run_parallel(tasks[a[0]], &p, threads);
@@ -891,6 +1009,84 @@ static PyObject *py_attend(PyObject *self, PyObject *const *args, Py_ssize_t nar
 #endif
 }
 
+/* decode_layers(plans, layers, x, rows, positions, position, k, v, layer_stride, bstride,
+ * hstride, heads, kv_kind, threads): x (rows, C) float32, each row's new token, goes through
+ * `layers` blocks in place (plans: layers * PLAN_LEN int64, see layer_plan); k, v: layer 0 of the
+ * cache (see `attention`), layer l at l * layer_stride elements on. */
+static PyObject *py_decode_layers(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    long long a[14];
+    if (ints(args, nargs, 14, a)) return NULL;
+#if GPT2_NATIVE
+    const int64_t *plans = (const int64_t *)(intptr_t)a[0];
+    int layers = (int)a[1], rows = (int)a[3], heads = (int)a[11], kv_kind = (int)a[12];
+    int threads = (int)a[13];
+    float *x = (float *)(intptr_t)a[2];
+    const int64_t *positions = (const int64_t *)(intptr_t)a[4];
+    if (layers < 1 || rows < 1 || heads < 1 || threads < 1 || kv_kind < 0 || kv_kind > 1) {
+        PyErr_SetString(PyExc_ValueError, "decode_layers: bad sizes");
+        return NULL;
+    }
+    layer_plan first;
+    memcpy(&first, plans, sizeof first);
+    const int C = (int)first.attn.n_in, inner = (int)first.fc.n_out, hd = C / heads;
+    if (hd * heads != C || hd % 8 || hd > MAX_HD) {
+        PyErr_SetString(PyExc_ValueError, "decode_layers: a head size that is a multiple of 8");
+        return NULL;
+    }
+    long longest = (long)a[5];
+    for (int b = 0; positions && b < rows; b++)
+        if (positions[b] > longest) longest = (long)positions[b];
+    long stride = (longest + 1 + 15) & ~15L;
+    /* scratch: h, qkv, attention output, MLP hidden (float32), int8 copies of a row, scores */
+    size_t floats = (size_t)rows * (C + 3 * C + C + inner) + rows + (size_t)threads * stride;
+    size_t bytes = floats * sizeof(float) + 2 * (size_t)rows * (inner > C ? inner : C) + 256;
+    char *buf = (char *)scratch_of(bytes);
+    if (!buf) return PyErr_NoMemory();
+    float *h = (float *)(((uintptr_t)buf + 63) & ~(uintptr_t)63);
+    float *qkv = h + (size_t)rows * C, *att = qkv + (size_t)rows * 3 * C;
+    float *f = att + (size_t)rows * C, *xscale = f + (size_t)rows * inner;
+    float *scores = xscale + rows;
+    int8_scratch s8 = {(int8_t *)(scores + (size_t)threads * stride), NULL, xscale};
+    s8.xabs = (uint8_t *)s8.xq + (size_t)rows * (inner > C ? inner : C);
+    const size_t esize = kv_kind ? 2 : 4;
+    Py_BEGIN_ALLOW_THREADS
+    for (int l = 0; l < layers; l++) {
+        layer_plan pl;
+        memcpy(&pl, plans + (size_t)l * PLAN_LEN, sizeof pl);
+        float eps = float_of(pl.eps_bits);
+        layer_norm(x, h, rows, C, (const float *)(intptr_t)pl.ln1_w,
+                   (const float *)(intptr_t)pl.ln1_b, eps);
+        matmul(&pl.attn, h, rows, qkv, 0, threads, s8);
+        attention t = {qkv, 3L * C, (char *)(intptr_t)a[6] + (size_t)l * a[8] * esize,
+                       (char *)(intptr_t)a[7] + (size_t)l * a[8] * esize, (long)a[9], (long)a[10],
+                       positions, (long)a[5], att, scores, stride, rows, heads, hd,
+                       float_of(pl.scale_bits)};
+        run_parallel(kv_kind ? attention_f16 : attention_f32, &t, threads);
+        matmul(&pl.proj, att, rows, x, 1, threads, s8);
+        layer_norm(x, h, rows, C, (const float *)(intptr_t)pl.ln2_w,
+                   (const float *)(intptr_t)pl.ln2_b, eps);
+        matmul(&pl.fc, h, rows, f, 0, threads, s8);
+        gelu_tanh(f, (size_t)rows * inner);
+        matmul(&pl.out, f, rows, x, 1, threads, s8);
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+#else
+    return not_built();
+#endif
+}
+
+/* plan_len() -> int: how many int64 one layer's plan holds. */
+static PyObject *py_plan_len(PyObject *self, PyObject *unused) {
+    (void)self, (void)unused;
+#if GPT2_NATIVE
+    return PyLong_FromLong(PLAN_LEN);
+#else
+    return not_built();
+#endif
+}
+
 static PyMethodDef methods[] = {
     {"available", py_available, METH_NOARGS, "Whether the kernels run on this CPU."},
     {"use_openmp", (PyCFunction)(void (*)(void))py_use_openmp, METH_FASTCALL,
@@ -904,6 +1100,9 @@ static PyMethodDef methods[] = {
      "y = x (q * wscale)^T + bias."},
     {"linear_dense", (PyCFunction)(void (*)(void))py_linear_dense, METH_FASTCALL,
      "y = x W^T + bias, W float32, float16 or bfloat16."},
+    {"decode_layers", (PyCFunction)(void (*)(void))py_decode_layers, METH_FASTCALL,
+     "One new token per row through every block, in place."},
+    {"plan_len", py_plan_len, METH_NOARGS, "int64 values in one layer's plan."},
     {"attend", (PyCFunction)(void (*)(void))py_attend, METH_FASTCALL,
      "One new token per row attends over its cached keys and values."},
     {NULL, NULL, 0, NULL},

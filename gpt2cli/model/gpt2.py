@@ -411,9 +411,47 @@ class GPT2(nn.Module):
             yield first, tied_head(x, weight[first : first + columns], self.layout)
 
     def _blocks(self, x: torch.Tensor, cache: KVCache, span: Span) -> torch.Tensor:
+        B, T, C = x.shape
+        if T == 1 and cache.native and (plan := self.step_plan()) is not None:
+            position = span.start if span.positions is None else span.positions
+            assert position is not None
+            x = x.contiguous()
+            native.decode_layers(plan, x.view(B, C), cache.k, cache.v, position)
+            return self.ln_f(x)
         for block in self.h:
             x = block(x, cache, span)
         return self.ln_f(x)
+
+    def step_plan(self) -> torch.Tensor | None:
+        """Where one-token steps run through all the blocks in one call to gpt2cli's kernels
+        (`native.decode_layers`): every layer's weights as that call reads them, built once;
+        None where it cannot (weights not held by the kernels, an activation other than GPT-2's
+        GELU, a head size the attention kernel does not take)."""
+        if "_step_plan" not in self.__dict__:
+            self.__dict__["_step_plan"] = self._build_step_plan()
+        return self.__dict__["_step_plan"]
+
+    def _build_step_plan(self) -> torch.Tensor | None:
+        cfg = self.config
+        kernel_held = (native.NativeDenseMatrix, native.NativeInt8Matrix)
+        linears = [
+            m for b in self.h for m in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj)
+        ]
+        if not (native.available() and all(isinstance(m.matrix, kernel_held) for m in linears)):
+            return None
+        if cfg.activation != "gelu_tanh" or cfg.head_dim % 8 or cfg.head_dim > 256:
+            return None
+        plans = []
+        for block in self.h:
+            attn, mlp = block.attn, block.mlp
+            scale = attn.scale if attn.scale is not None else 1 / math.sqrt(cfg.head_dim)
+            norms = [block.ln_1.weight, block.ln_1.bias, block.ln_2.weight, block.ln_2.bias]
+            plan = [p.data_ptr() for p in norms]
+            for linear in (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj):
+                plan += native.matrix_spec(linear.matrix, linear.bias)
+            plan += [native.float_bits(block.ln_1.eps), native.float_bits(scale)]
+            plans.append(plan)
+        return torch.tensor(plans, dtype=torch.int64)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         if self.head_matrix is not None:
