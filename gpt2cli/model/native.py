@@ -11,6 +11,10 @@ where these kernels read 18.6; on a 2-core Zen 5 EPYC, oneDNN's prepacked float3
 the block weights at 25 GB/s on one core (these kernels 37) and its bfloat16 output head took
 3.5 ms a token (unpacked, it is converted on every call) where these read it at memory speed
 (benchmarks/README.md, sections 1-2). Prompts and scoring (many rows) stay on oneDNN.
+
+Decoding steps also attend here (`attend`), and, where every block's weights are held by these
+kernels, run through all the blocks in one call (`decode_layers`); see those functions for the
+measured reasons.
 """
 
 from __future__ import annotations
@@ -143,7 +147,11 @@ class NativeInt8Matrix:
         self.q = q.contiguous()
         self.scale = scale.float().contiguous()
         self.n_out, self.n_in = q.shape
-        self.pointers = (self.q.data_ptr(), self.scale.data_ptr())
+        # each row's sum over its first n_in & ~31 weights, for the AVX-VNNI products (by blocks
+        # of rows: summing as int32 converts its input first, 154 MB for small's head)
+        whole = self.q[:, : self.n_in & ~31]
+        self.wsum = torch.cat([b.sum(dim=1, dtype=torch.int32) for b in whole.split(4096)])
+        self.pointers = (self.q.data_ptr(), self.scale.data_ptr(), self.wsum.data_ptr())
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         x, rows = _rows(x, self.n_in)
@@ -262,13 +270,13 @@ def attend(
 
 def matrix_spec(matrix: NativeDenseMatrix | NativeInt8Matrix, bias: torch.Tensor) -> list[int]:
     """How `decode_layers` reads one product y = x W^T + bias: kind (0-2 the dense kinds, 3
-    int8), W's address, its scales' (int8), the bias's, n_out, n_in."""
+    int8), W's address, its scales' (int8), the bias's, n_out, n_in, its rows' sums (int8)."""
     if bias.dtype != torch.float32 or not bias.is_contiguous() or bias.shape != (matrix.n_out,):
         raise ValueError("the bias must be contiguous float32, one per output")
     if isinstance(matrix, NativeInt8Matrix):
-        q, scale = matrix.pointers
-        return [3, q, scale, bias.data_ptr(), matrix.n_out, matrix.n_in]
-    return [matrix.kind, matrix.pointer, 0, bias.data_ptr(), matrix.n_out, matrix.n_in]
+        q, scale, wsum = matrix.pointers
+        return [3, q, scale, bias.data_ptr(), matrix.n_out, matrix.n_in, wsum]
+    return [matrix.kind, matrix.pointer, 0, bias.data_ptr(), matrix.n_out, matrix.n_in, 0]
 
 
 def float_bits(value: float) -> int:
