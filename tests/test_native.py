@@ -166,6 +166,30 @@ def test_switched_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
         native.kernels.cache_clear()
 
 
+@pytest.mark.parametrize(
+    ("dtype", "kernel"),
+    [
+        ("int8", "fbgemm int8"),
+        ("bfloat16", "oneDNN"),
+        ("float16", "fbgemm float16"),
+        ("float32", ""),
+    ],
+)
+def test_every_precision_runs_without_the_kernels(
+    tiny_checkpoint: Path, dtype: str, kernel: str
+) -> None:
+    """Where the extension is not built (no C compiler at install, another CPU), or switched
+    off, each --dtype loads and decodes on torch's kernels, as a user runs it."""
+    from tests.support.cli import gpt2
+
+    args = ("generate", "-m", str(tiny_checkpoint), "--device", "cpu", "--dtype", dtype)
+    proc = gpt2(*args, "-n", "8", "--seed", "1", "-v", "Hello", env={"GPT2CLI_NATIVE": "0"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() and "Traceback" not in proc.stderr
+    assert "gpt2cli's" not in proc.stderr.split("window")[0]  # -v names torch's kernels
+    assert kernel in proc.stderr
+
+
 @needs_native
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize(

@@ -32,7 +32,7 @@ from gpt2cli.model.linear import (
     choose_layout,
     quantize_rows,
 )
-from gpt2cli.model.native import Arena, NativeDenseMatrix, NativeInt8Matrix
+from gpt2cli.model.native import Arena, NativeDenseMatrix, NativeInt8Matrix, empty
 from gpt2cli.model.tensorfile import TensorFile, TensorFileError, TensorInfo
 
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
@@ -292,7 +292,7 @@ def _load_quantized_embedding(
     vocab, d = info.shape
     int8 = layout.linear == "int8"
     keep = name == "wte.weight"  # looked up by token id; an untied lm_head only multiplies
-    rows = (torch.empty if arena is None else arena.take)((vocab, d), layout.held_dtype)
+    rows = empty((vocab, d), layout.held_dtype, arena)
     scale = torch.empty(vocab) if int8 else None
     blocks: list[Fp16Matrix] = []
     step = 4096 if scratch is None else max(1, scratch.numel() // d)

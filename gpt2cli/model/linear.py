@@ -282,11 +282,10 @@ def pack_matrix(w: torch.Tensor, layout: Layout, arena: Arena | None = None) -> 
     """W (out, in) float32 held for an `in_matrices` layout (W may be a scratch buffer: it is
     not kept); gpt2cli's kernels get their copy of it from `arena` when one is given."""
     if layout.native:
-        held = torch.empty if arena is None else arena.take
         if layout.linear == "int8":
             q, scale = quantize_rows(w, layout.int8_max)
-            return NativeInt8Matrix(held(q.shape, torch.int8).copy_(q), scale)
-        return NativeDenseMatrix(held(w.shape, layout.held_dtype).copy_(w))
+            return NativeInt8Matrix(native.empty(q.shape, torch.int8, arena).copy_(q), scale)
+        return NativeDenseMatrix(native.empty(w.shape, layout.held_dtype, arena).copy_(w))
     if layout.linear == "int8":
         return Int8Matrix(*quantize_rows(w, layout.int8_max))
     return Fp16Matrix(w, layout.round_bf16)

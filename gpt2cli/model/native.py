@@ -107,6 +107,11 @@ class Arena:
         return self.buffer[start : start + size].view(dtype).view(shape)
 
 
+def empty(shape: tuple[int, ...], dtype: torch.dtype, arena: Arena | None) -> torch.Tensor:
+    """An uninitialised tensor from `arena`, or a plain one where there is none."""
+    return torch.empty(shape, dtype=dtype) if arena is None else arena.take(shape, dtype)
+
+
 def _madvise_huge(address: int, nbytes: int) -> bool:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
