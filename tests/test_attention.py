@@ -8,7 +8,6 @@ positions (continuous batching) likewise."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,14 +18,6 @@ from gpt2cli.model.checkpoint import load_checkpoint
 from gpt2cli.model.gpt2 import KVCache
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="native kernels not built here")
-
-
-@pytest.fixture(params=[1, 2, 3], ids=["1-thread", "2-threads", "3-threads"])
-def threads(request: pytest.FixtureRequest) -> Iterator[int]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
 
 
 def _reference(

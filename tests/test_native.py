@@ -56,14 +56,6 @@ def _reference(
     return y if bias is None else y + bias
 
 
-@pytest.fixture(params=[1, 2, 3], ids=["1-thread", "2-threads", "3-threads"])
-def threads(request: pytest.FixtureRequest) -> Iterator[int]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(params=["avx-vnni", "avx2"])
 def int8_dot(request: pytest.FixtureRequest) -> Iterator[str]:
     """Both ways the int8 kernel sums products: vpdpbusd (AVX-VNNI, where the CPU has it) and
