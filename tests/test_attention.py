@@ -136,12 +136,16 @@ def test_decoding_steps_on_the_kernels_are_the_modules(
         token = torch.randint(0, model.config.vocab_size, (2, 1))
         before = (cache.k.clone(), cache.v.clone(), cache.length)
         on_kernels = model(token, cache)
-        modules = model.new_cache(2)
+        modules, attend = model.new_cache(2), model.new_cache(2)
         modules.k, modules.v, modules.length = before
+        attend.k, attend.v = (t.clone() for t in before[:2])
+        attend.length = before[2]
         modules.native = False
         model.__dict__["_step_plan"] = None  # the modules, one by one
         try:
             torch.testing.assert_close(on_kernels, model(token, modules), rtol=tol, atol=tol)
+            # the modules attending by native.attend (where there is no plan: another GELU)
+            torch.testing.assert_close(on_kernels, model(token, attend), rtol=tol, atol=tol)
         finally:
             del model.__dict__["_step_plan"]
         written = slice(modules.length - 1, modules.length)
