@@ -177,3 +177,20 @@ def test_rows_at_their_own_positions_on_the_kernel_are_sdpas(tiny_checkpoint: Pa
             tokens = steps[-1].argmax(-1)
         outputs.append(torch.stack(steps))
     torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+
+
+def test_a_head_size_the_kernel_does_not_take_attends_through_sdpa(tmp_path: Path) -> None:
+    """A fine-tuned shape with 12-wide heads (48 wide, 4 heads): decoding works, through SDPA,
+    and -v says so."""
+    from gpt2cli.runtime.loader import load_model
+    from tests.support.checkpoints import build_checkpoint
+
+    folder = build_checkpoint(tmp_path / "narrow-heads", n_embd=48, n_head=4)
+    for dtype in ("float32", "int8"):
+        lm = load_model(folder, device="cpu", dtype=dtype)
+        cache = lm.model.new_cache(1)
+        assert not cache.native and "decoding attends by torch's SDPA" in lm.describe()
+        logits = lm.model(torch.tensor([[1, 2, 3]]), cache)
+        for _ in range(3):
+            logits = lm.model(logits.argmax(-1, keepdim=True), cache)
+        assert torch.isfinite(logits).all()

@@ -56,8 +56,11 @@ class Span:
         return cls(None, positions, end, mask, False)
 
 
-def attends_natively(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether decoding steps over a cache of `dtype` on `device` attend on gpt2cli's kernel."""
+def attends_natively(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
+    """Whether decoding steps over a cache of `dtype` on `device` attend on gpt2cli's kernel
+    (it takes head sizes that are a multiple of 8, up to 256: GPT-2's are 64)."""
+    if head_dim % 8 or head_dim > native.MAX_HEAD_DIM:
+        return False
     return device.type == "cpu" and dtype in native.ATTENTION_KINDS and native.available()
 
 
@@ -85,7 +88,7 @@ class KVCache:
         self.k = alloc(shape, device=device, dtype=dtype)
         self.v = alloc(shape, device=device, dtype=dtype)
         self.length = 0
-        self.native = attends_natively(device, dtype)
+        self.native = attends_natively(device, dtype, config.head_dim)
 
     @property
     def batch(self) -> int:
@@ -327,7 +330,8 @@ class GPT2(nn.Module):
     def describe_attention(self) -> str:
         """For --verbose: what the cache holds and what attends over it when decoding."""
         kv = self.kv_dtype
-        how = "gpt2cli's kernel" if attends_natively(self.wpe.device, kv) else "torch's SDPA"
+        own = attends_natively(self.wpe.device, kv, self.config.head_dim)
+        how = "gpt2cli's kernel" if own else "torch's SDPA"
         return f"{str(kv).removeprefix('torch.')} key/value cache, decoding attends by {how}"
 
     def new_cache(self, batch: int = 1, zeroed: bool = False) -> KVCache:
@@ -426,7 +430,7 @@ class GPT2(nn.Module):
         """Where one-token steps run through all the blocks in one call to gpt2cli's kernels
         (`native.decode_layers`): every layer's weights as that call reads them, built once;
         None where it cannot (weights not held by the kernels, an activation other than GPT-2's
-        GELU, a head size the attention kernel does not take)."""
+        GELU); it runs only where the cache attends natively (`KVCache.native`)."""
         if "_step_plan" not in self.__dict__:
             self.__dict__["_step_plan"] = self._build_step_plan()
         return self.__dict__["_step_plan"]
@@ -439,7 +443,7 @@ class GPT2(nn.Module):
         ]
         if not (native.available() and all(isinstance(m.matrix, kernel_held) for m in linears)):
             return None
-        if cfg.activation != "gelu_tanh" or cfg.head_dim % 8 or cfg.head_dim > 256:
+        if cfg.activation != "gelu_tanh":
             return None
         plans = []
         for block in self.h:

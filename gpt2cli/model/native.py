@@ -232,6 +232,7 @@ class NativeDenseMatrix:
 
 
 ATTENTION_KINDS = {torch.float32: 0, torch.float16: 1}
+MAX_HEAD_DIM = 256  # the attention kernel takes head sizes up to this, multiples of 8
 
 
 def attend(
