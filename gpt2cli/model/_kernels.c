@@ -564,6 +564,16 @@ __attribute__((target("avx2,fma,f16c"))) static inline void put8(void *w, size_t
 }
 
 #define MAX_HD 256 /* head sizes up to this, multiples of 8 (GPT-2's are 64) */
+/* cached keys and values are prefetched KV_AHEAD positions ahead of the loops that read them:
+ * 12 layers over 925 float16 positions (GPT-2 small, 2 threads, Zen 5, caches cold) took
+ * 0.78-0.81 ms with 16 ahead (8: 0.84, 32: 0.80, non-temporal: 0.80) against 0.91 without;
+ * over float32, level (1.66-1.77 against 1.66) */
+#ifndef KV_AHEAD
+#define KV_AHEAD 16
+#endif
+#ifndef KV_HINT
+#define KV_HINT _MM_HINT_T0
+#endif
 
 __attribute__((target("avx2,fma,f16c"), always_inline)) static inline void
 attend_pair(const attention *a, int b, int h, float *s, int kind, int hd) {
@@ -586,6 +596,7 @@ attend_pair(const attention *a, int b, int h, float *s, int kind, int hd) {
     __m256 vmax = _mm256_set1_ps(-INFINITY);
     for (; t + 8 <= L; t += 8) {
         const char *k0 = K + t * row;
+        for (size_t b = 0; b < 8 * row; b += 64) _mm_prefetch(k0 + KV_AHEAD * row + b, KV_HINT);
         __m256 d[8];
         for (int u = 0; u < 8; u++) {
             __m256 x = _mm256_mul_ps(load8(k0 + u * row, 0, kind), qv[0]);
@@ -623,6 +634,7 @@ attend_pair(const attention *a, int b, int h, float *s, int kind, int hd) {
     for (t = 0; t < L; t++) {
         const __m256 p = _mm256_set1_ps(s[t]);
         const char *vt = V + t * row;
+        for (size_t b = 0; b < row; b += 64) _mm_prefetch(vt + KV_AHEAD * row + b, KV_HINT);
         for (int j = 0; j < n8; j++) acc[j] = _mm256_fmadd_ps(p, load8(vt, 8 * j, kind), acc[j]);
     }
     const __m256 inv = _mm256_set1_ps(1.0f / sum);
