@@ -1007,6 +1007,15 @@ static PyObject *py_linear_dense(PyObject *self, PyObject *const *args, Py_ssize
 #endif
 }
 
+/* floats of scores each part of an attention task needs: the longest row's positions, rounded
+ * up to 16 (one position for all rows where `positions` is NULL) */
+static long scores_stride(const int64_t *positions, long position, int rows) {
+    long longest = position;
+    for (int b = 0; positions && b < rows; b++)
+        if (positions[b] > longest) longest = (long)positions[b];
+    return (longest + 1 + 15) & ~15L;
+}
+
 /* attend(qkv, qkv_stride, k, v, kind, bstride, hstride, positions, position, y, batch, heads,
  * hd, threads, scale): one new token per row attends over the layer's cache (see `attention`);
  * kind 0: the cache holds float32, 1: float16; positions 0: every row at `position`. */
@@ -1028,10 +1037,7 @@ static PyObject *py_attend(PyObject *self, PyObject *const *args, Py_ssize_t nar
         return NULL;
     }
     const int64_t *positions = (const int64_t *)(intptr_t)a[7];
-    long longest = (long)a[8];
-    for (int b = 0; positions && b < batch; b++)
-        if (positions[b] > longest) longest = (long)positions[b];
-    long stride = (longest + 1 + 15) & ~15L;
+    long stride = scores_stride(positions, (long)a[8], batch);
     float *scores = (float *)scratch_of((size_t)threads * stride * sizeof(float) + 64);
     if (!scores) return PyErr_NoMemory();
     scores = (float *)(((uintptr_t)scores + 63) & ~(uintptr_t)63);
@@ -1072,10 +1078,7 @@ static PyObject *py_decode_layers(PyObject *self, PyObject *const *args, Py_ssiz
         PyErr_SetString(PyExc_ValueError, "decode_layers: a head size that is a multiple of 8");
         return NULL;
     }
-    long longest = (long)a[5];
-    for (int b = 0; positions && b < rows; b++)
-        if (positions[b] > longest) longest = (long)positions[b];
-    long stride = (longest + 1 + 15) & ~15L;
+    long stride = scores_stride(positions, (long)a[5], rows);
     /* scratch: h, qkv, attention output, MLP hidden (float32), int8 copies of a row, scores */
     size_t floats = (size_t)rows * (C + 3 * C + C + inner) + rows + (size_t)threads * stride;
     size_t bytes = floats * sizeof(float) + 2 * (size_t)rows * (inner > C ? inner : C) + 256;

@@ -152,6 +152,8 @@ class Attention(nn.Module):
         self.n_head = config.n_head
         self.head_dim = config.head_dim
         self.scale = config.attention_scale(layer)  # None: SDPA's 1/sqrt(head_dim)
+        default = 1 / math.sqrt(self.head_dim)
+        self.softmax_scale = default if self.scale is None else self.scale  # gpt2cli's kernels
         self.upcast = config.reorder_and_upcast_attn
         self.c_attn = Linear(config.n_embd, 3 * config.n_embd, layout)
         self.c_proj = Linear(config.n_embd, config.n_embd, layout)
@@ -161,10 +163,10 @@ class Attention(nn.Module):
         if T == 1 and cache.native:  # a decoding step
             position = span.start if span.positions is None else span.positions
             assert position is not None
-            scale = self.scale if self.scale is not None else 1 / math.sqrt(self.head_dim)
             qkv = self.c_attn(x).reshape(B, 3 * C)
             layer = (cache.k[self.layer], cache.v[self.layer])
-            return self.c_proj(native.attend(qkv, *layer, position, scale).view(B, 1, C))
+            y = native.attend(qkv, *layer, position, self.softmax_scale)
+            return self.c_proj(y.view(B, 1, C))
         q, k, v = self._qkv(x)
         keys, values = cache.update(self.layer, k, v, span)
         return self.c_proj(self._attend(q, keys, values, span).transpose(1, 2).reshape(B, T, C))
@@ -448,12 +450,11 @@ class GPT2(nn.Module):
         plans = []
         for block in self.h:
             attn, mlp = block.attn, block.mlp
-            scale = attn.scale if attn.scale is not None else 1 / math.sqrt(cfg.head_dim)
             norms = [block.ln_1.weight, block.ln_1.bias, block.ln_2.weight, block.ln_2.bias]
             plan = [p.data_ptr() for p in norms]
             for linear in (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj):
                 plan += native.matrix_spec(linear.matrix, linear.bias)
-            plan += [native.float_bits(block.ln_1.eps), native.float_bits(scale)]
+            plan += [native.float_bits(block.ln_1.eps), native.float_bits(attn.softmax_scale)]
             plans.append(plan)
         return torch.tensor(plans, dtype=torch.int64)
 

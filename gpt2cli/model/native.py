@@ -123,6 +123,14 @@ def _madvise_huge(address: int, nbytes: int) -> bool:
     return done == 0
 
 
+def _required() -> ModuleType:
+    """The extension, or RuntimeError where it does not run here."""
+    lib = kernels()
+    if lib is None:
+        raise RuntimeError("the native kernels are not available here")
+    return lib
+
+
 def available() -> bool:
     """Whether the native kernels run here."""
     return kernels() is not None
@@ -145,9 +153,7 @@ class NativeInt8Matrix:
     so an int8 token embedding is also the output head."""
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor) -> None:
-        lib = kernels()
-        if lib is None:
-            raise RuntimeError("the native kernels are not available here")
+        lib = _required()
         self.linear = lib.linear_int8
         self.q = q.contiguous()
         self.scale = scale.float().contiguous()
@@ -194,9 +200,7 @@ class NativeDenseMatrix:
     KINDS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
     def __init__(self, w: torch.Tensor) -> None:
-        lib = kernels()
-        if lib is None:
-            raise RuntimeError("the native kernels are not available here")
+        lib = _required()
         if w.dtype not in self.KINDS:
             raise ValueError(f"float32, float16 or bfloat16 weights expected, got {w.dtype}")
         self.linear = lib.linear_dense
@@ -253,22 +257,17 @@ def attend(
     cache, slower still: late in the window (860 cached positions, GPT-2 small, 2-core Zen 5)
     SDPA took 2.16 ms a token over float32 keys and values, 5.98 over bfloat16 and 9.15 over
     float16 (benchmarks/README.md, section 10)."""
-    lib = kernels()
-    if lib is None:
-        raise RuntimeError("the native kernels are not available here")
+    lib = _required()
     batch, heads, window, hd = keys.shape
     if qkv.shape != (batch, 3 * heads * hd):
         raise ValueError(f"qkv must be ({batch}, {3 * heads * hd}), got {tuple(qkv.shape)}")
     qkv = qkv.float().contiguous()
-    if keys.dtype not in ATTENTION_KINDS or values.dtype != keys.dtype:
-        raise ValueError("the cache must hold float32 or float16")
-    if keys.stride()[2:] != (hd, 1) or values.stride() != keys.stride():
-        raise ValueError("each head's cached positions must be contiguous")
+    kind = _cache_kind(keys, values)
     pointer, position = _positions(positions, batch, window)
     y = torch.empty(batch, heads * hd)
     lib.attend(
         qkv.data_ptr(), qkv.stride(0), keys.data_ptr(), values.data_ptr(),
-        ATTENTION_KINDS[keys.dtype], keys.stride(0), keys.stride(1), pointer, position,
+        kind, keys.stride(0), keys.stride(1), pointer, position,
         y.data_ptr(), batch, heads, hd, torch.get_num_threads(), float(scale),
     )  # fmt: skip
     return y
@@ -290,14 +289,6 @@ def float_bits(value: float) -> int:
     return int(struct.unpack("<I", struct.pack("<f", value))[0])
 
 
-def plan_length() -> int:
-    """How many int64 values one layer's plan for `decode_layers` holds."""
-    lib = kernels()
-    if lib is None:
-        raise RuntimeError("the native kernels are not available here")
-    return int(lib.plan_len())
-
-
 def decode_layers(
     plan: torch.Tensor,
     x: torch.Tensor,
@@ -307,37 +298,39 @@ def decode_layers(
 ) -> None:
     """One new token per row through every block, in place: `x` (batch, C) contiguous float32,
     the rows' hidden states after the embedding, becomes their hidden states before the final
-    LayerNorm. `plan` (layers, plan_length()) int64: each layer's LayerNorm weights, its four
-    products (`matrix_spec`), then LayerNorm's eps and attention's scale (`float_bits`); the
-    activation is GPT-2's GELU (tanh form). `keys` and `values` (layers, batch, heads, window,
-    head_dim) are the cache, written and attended over as `attend` does.
+    LayerNorm. `plan` (layers, the extension's `plan_len()`) int64: each layer's LayerNorm
+    weights, its four products (`matrix_spec`), then LayerNorm's eps and attention's scale
+    (`float_bits`); the activation is GPT-2's GELU (tanh form). `keys` and `values` (layers,
+    batch, heads, window, head_dim) are the cache, written and attended over as `attend` does.
 
     By hand because, with the products this fast, the rest of a step weighed a quarter of it:
     on the 2-core Zen 5, decoding GPT-2 small in int8 spent 1.0 ms of its 4.1 ms a token outside
     the products and attention (49 Python-level calls into the kernels, 25 LayerNorms, 12
     GELUs, 24 additions, each a torch op with its own dispatch), float32 1.2 of 12.8 ms."""
-    lib = kernels()
-    if lib is None:
-        raise RuntimeError("the native kernels are not available here")
+    lib = _required()
     layers, batch, heads, window, hd = keys.shape
-    if (
-        plan.dtype != torch.int64
-        or plan.shape != (layers, plan_length())
-        or not plan.is_contiguous()
-    ):
-        raise ValueError(f"plan must be contiguous int64 ({layers}, {plan_length()})")
+    length = lib.plan_len()
+    if plan.dtype != torch.int64 or plan.shape != (layers, length) or not plan.is_contiguous():
+        raise ValueError(f"plan must be contiguous int64 ({layers}, {length})")
     if x.dtype != torch.float32 or not x.is_contiguous() or x.shape != (batch, heads * hd):
         raise ValueError(f"x must be contiguous float32 ({batch}, {heads * hd})")
-    if keys.dtype not in ATTENTION_KINDS or values.dtype != keys.dtype:
-        raise ValueError("the cache must hold float32 or float16")
-    if keys.stride()[3:] != (hd, 1) or values.stride() != keys.stride():
-        raise ValueError("each head's cached positions must be contiguous")
+    kind = _cache_kind(keys, values)
     pointer, position = _positions(positions, batch, window)
     lib.decode_layers(
         plan.data_ptr(), layers, x.data_ptr(), batch, pointer, position, keys.data_ptr(),
-        values.data_ptr(), keys.stride(0), keys.stride(1), keys.stride(2), heads,
-        ATTENTION_KINDS[keys.dtype], torch.get_num_threads(),
+        values.data_ptr(), keys.stride(0), keys.stride(1), keys.stride(2), heads, kind,
+        torch.get_num_threads(),
     )  # fmt: skip
+
+
+def _cache_kind(keys: torch.Tensor, values: torch.Tensor) -> int:
+    """The kernel's kind for a cache of `keys` and `values` (float32 0, float16 1), checked to
+    hold each head's positions contiguously."""
+    if keys.dtype not in ATTENTION_KINDS or values.dtype != keys.dtype:
+        raise ValueError("the cache must hold float32 or float16")
+    if keys.stride()[-2:] != (keys.shape[-1], 1) or values.stride() != keys.stride():
+        raise ValueError("each head's cached positions must be contiguous")
+    return ATTENTION_KINDS[keys.dtype]
 
 
 def _positions(positions: torch.Tensor | int, batch: int, window: int) -> tuple[int, int]:
