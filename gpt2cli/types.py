@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from gpt2cli.errors import ParamError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")  # plus cuda:N
-DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "int8", "int4")
 MAX_CANDIDATES = 20  # rows of a candidate table (--top-candidates)
 MAX_SAMPLES = 64
 

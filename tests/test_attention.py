@@ -111,13 +111,16 @@ def test_attend_refuses_what_it_would_read_or_write_out_of_bounds() -> None:
         ("float32", torch.float32, 1e-5, 1e-5),
         ("bfloat16", torch.float16, 1e-4, 1e-3),
         ("int8", torch.float16, 1e-3, 1e-3),
+        # int4: an activation rounded the other way (LayerNorm in C and in torch differ in the
+        # last bit) moved one step's logits by 0.064 here (step 24), through 4-bit weights
+        ("int4", torch.float16, 0.1, 0.05),
     ],
 )
 def test_decoding_steps_on_the_kernels_are_the_modules(
     tiny_checkpoint: Path, dtype: str, kv: torch.dtype, tol: float, kv_tol: float
 ) -> None:
     """Float32 weights keep a float32 cache (decoding stays as exact as transformers'); 16-bit
-    and int8 weights keep a float16 one. Each step through `native.decode_layers` (every block
+    int8 and int4 weights keep a float16 one. Each step through `native.decode_layers` (every block
     in one call) gives the logits of the modules run one by one with SDPA from the same cache,
     and writes the same keys and values. (Steps are compared one at a time: int8 activations
     are rounded per token, so a last-bit difference may move one of them by a step of 1/127.)"""
@@ -186,7 +189,7 @@ def test_a_head_size_the_kernel_does_not_take_attends_through_sdpa(tmp_path: Pat
     from tests.support.checkpoints import build_checkpoint
 
     folder = build_checkpoint(tmp_path / "narrow-heads", n_embd=48, n_head=4)
-    for dtype in ("float32", "int8"):
+    for dtype in ("float32", "int8", "int4"):
         lm = load_model(folder, device="cpu", dtype=dtype)
         cache = lm.model.new_cache(1)
         assert not cache.native and "decoding attends by torch's SDPA" in lm.describe()

@@ -24,7 +24,7 @@ BAD_FLAGS = [
     (["--seed", "-3"], "--seed"),
     (["--threads", "0"], "--threads"),
     (["--device", "tpu"], "--device"),
-    (["--dtype", "int4"], "--dtype"),
+    (["--dtype", "int2"], "--dtype"),
     (["--stop", ""], "--stop"),
     (["--no-such-flag"], "--no-such-flag"),
 ]

@@ -233,7 +233,7 @@ def test_float16_many_rows_in_blocks_of_the_matrix(monkeypatch: pytest.MonkeyPat
         return real(t)
 
     matrix = native.NativeDenseMatrix(w)
-    monkeypatch.setattr(native.NativeDenseMatrix, "BLOCK_ELEMENTS", 64 * 1000)
+    monkeypatch.setattr(native, "BLOCK_ELEMENTS", 64 * 1000)
     monkeypatch.setattr(native.NativeDenseMatrix, "MAX_ROWS", 8)
     monkeypatch.setattr(torch.Tensor, "float", counting)
     y = matrix(x)

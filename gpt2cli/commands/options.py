@@ -71,7 +71,8 @@ Dtype = Annotated[
         "--dtype",
         help=(
             "auto (bfloat16 on a GPU that supports it, else float32), float32, bfloat16, "
-            "float16, or int8 (CPU: weights quantized at load, fastest, close to float32)."
+            "float16, int8 (CPU: weights quantized at load, fastest, close to float32), or int4 "
+            "(CPU: 4-bit weights, least memory, less exact)."
         ),
         autocompletion=_complete_from(DTYPES),
         rich_help_panel=MODEL_PANEL,

@@ -197,6 +197,10 @@ typedef struct {
     int accumulate; /* y += x W^T + b (a residual connection) rather than y = */
     const int32_t *wsum; /* int8 with AVX-VNNI: (n_out,) each W row's sum over its first
                           * n_in & ~31 weights (x arrives as xq + 128, see dot_vnni) */
+    /* int4 (see i4_task): w is (n_out, n_pad / 2) bytes, two weights each */
+    const uint16_t *gscale; /* (n_out, ng_pad) float16: each group of 32 weights' scale */
+    const float *xgs;       /* (rows, ng_pad): -8 times the sum of xq over each group */
+    int n_pad, ng_pad;      /* n_in rounded up to 64; n_pad / 32 groups rounded up to 8 */
 } product;
 
 static void part_range(const product *p, int part, int parts, int *lo, int *hi) {
@@ -500,6 +504,110 @@ __attribute__((target("avx2,avxvnni"))) static void i8_task_vnni(const void *arg
     i8_rows(args, part, parts, dot_vnni, 1);
 }
 
+
+/* int4 weights in groups of 32 with a float16 scale each (the format of llama.cpp's Q4_0:
+ * 4.5 bits a weight), int8 activations with a scale per row of x.
+ *
+ * Layout: each row of W is n_in weights padded to n_pad (a multiple of 64) and stored as n_pad/2
+ * bytes; the 64 weights of chunk c are bytes [32c, 32c + 32), byte j holding q[64c + j] in its
+ * low nibble and q[64c + 32 + j] in its high one, so that one 32-byte load and two masks give
+ * the chunk's two groups in x's order; q in [0, 15], w = (q - 8) * scale. Each group's sum of
+ * products is exact in int32 (q as u8 times xq as s8: 15 * 127 * 2 fits vpmaddubsw's int16),
+ * then scaled in float32; the -8 of every q is one term per group, -8 * sum(xq) (xgs, computed
+ * once per row of x) times the group's scale. */
+
+/* the products of q (u8) and xq (s8) summed 4 at a time, as int32 (vpmaddubsw + vpmaddwd;
+ * vpdpbusd, AVX-VNNI, was slower here: GPT-2 small's 48 block matrices 2.13 ms against 2.00 on
+ * one Zen 5 core, 1.27 against 1.19 on two) */
+__attribute__((target("avx2"))) static inline __m256i dot4(__m256i q, __m256i xq) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(q, xq), _mm256_set1_epi16(1));
+}
+
+__attribute__((target("avx2,fma,f16c"))) static void i4_task(const void *args, int part,
+                                                             int parts) {
+    const product *p = args;
+    const uint8_t *W = p->w;
+    const size_t row = (size_t)p->n_pad / 2; /* bytes of a row of W */
+    const int ng = p->n_pad / 32, gp = p->ng_pad;
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    int lo, hi;
+    part_range(p, part, parts, &lo, &hi);
+    for (int o = lo; o < hi; o += 4) {
+        const int k_n = hi - o < 4 ? hi - o : 4; /* rows of W in this block */
+        const uint8_t *w0 = W + (size_t)o * row;
+        const uint16_t *s0 = p->gscale + (size_t)o * gp;
+        /* the next block of 4 rows and its scales, swept while x's first row passes over this
+         * one (as in i8_rows) */
+        const char *ahead = (const char *)(w0 + 4 * row), *ahead_s = (const char *)(s0 + 4 * gp);
+        for (int r = 0; r < p->rows; r++) {
+            const int8_t *xr = p->xq + (size_t)r * p->n_pad;
+            const float *gs = p->xgs + (size_t)r * gp;
+            __m256 acc[4];
+            for (int k = 0; k < 4; k++) acc[k] = _mm256_setzero_ps();
+            for (int g8 = 0; g8 < ng; g8 += 8) {
+                __m256 sc[4];
+                const __m256 gsv = _mm256_loadu_ps(gs + g8);
+                if (r == 0) _mm_prefetch(ahead_s + 4 * 2 * (size_t)g8, AHEAD_HINT);
+                for (int k = 0; k < k_n; k++) {
+                    sc[k] = _mm256_cvtph_ps(
+                        _mm_loadu_si128((const __m128i *)(s0 + (size_t)k * gp + g8)));
+                    acc[k] = _mm256_fmadd_ps(sc[k], gsv, acc[k]);
+                }
+                const int chunks = ng - g8 >= 8 ? 4 : (ng - g8) / 2;
+                for (int c = 0; c < chunks; c++) {
+                    const size_t at = (size_t)(g8 / 2 + c) * 32; /* byte of the chunk in a row */
+                    const __m256i xa = _mm256_loadu_si256((const __m256i *)(xr + 2 * at));
+                    const __m256i xb = _mm256_loadu_si256((const __m256i *)(xr + 2 * at + 32));
+                    const __m256i ia = _mm256_set1_epi32(2 * c), ib = _mm256_set1_epi32(2 * c + 1);
+                    if (r == 0) {
+                        _mm_prefetch(ahead + 4 * at, AHEAD_HINT);
+                        _mm_prefetch(ahead + 4 * at + 64, AHEAD_HINT);
+                    }
+                    for (int k = 0; k < k_n; k++) {
+                        __m256i v = _mm256_loadu_si256((const __m256i *)(w0 + k * row + at));
+                        __m256i qa = _mm256_and_si256(v, low);
+                        __m256i qb = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                        __m256 da = _mm256_cvtepi32_ps(dot4(qa, xa));
+                        __m256 db = _mm256_cvtepi32_ps(dot4(qb, xb));
+                        acc[k] = _mm256_fmadd_ps(da, _mm256_permutevar8x32_ps(sc[k], ia), acc[k]);
+                        acc[k] = _mm256_fmadd_ps(db, _mm256_permutevar8x32_ps(sc[k], ib), acc[k]);
+                    }
+                }
+            }
+            for (int k = 0; k < k_n; k++) store(p, r, o + k, hsum(acc[k]) * p->xscale[r]);
+        }
+    }
+}
+
+/* W's rows [lo, hi) of the part as float32 (rows of n_in, the padding dropped) into y */
+__attribute__((target("avx2,fma,f16c"))) static void i4_dequantize_task(const void *args,
+                                                                        int part, int parts) {
+    const product *p = args;
+    const size_t row = (size_t)p->n_pad / 2;
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    int lo, hi;
+    part_range(p, part, parts, &lo, &hi);
+    for (int o = lo; o < hi; o++) {
+        const uint8_t *w = (const uint8_t *)p->w + (size_t)o * row;
+        const uint16_t *sc = p->gscale + (size_t)o * p->ng_pad;
+        float *y = p->y + (size_t)o * p->n_in;
+        for (int c = 0; c < p->n_pad / 64; c++) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(w + 32 * c));
+            int8_t q[64];
+            _mm256_storeu_si256((__m256i *)q, _mm256_and_si256(v, low));
+            _mm256_storeu_si256((__m256i *)(q + 32), _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
+            int n = p->n_in - 64 * c < 64 ? p->n_in - 64 * c : 64, j = 0;
+            for (; j + 8 <= n; j += 8) {
+                __m256i v8 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + j)));
+                __m256 f = _mm256_cvtepi32_ps(_mm256_sub_epi32(v8, _mm256_set1_epi32(8)));
+                __m256 d = _mm256_set1_ps(_cvtsh_ss(sc[2 * c + j / 32]));
+                _mm256_storeu_ps(y + 64 * c + j, _mm256_mul_ps(f, d));
+            }
+            for (; j < n; j++) y[64 * c + j] = (float)(q[j] - 8) * _cvtsh_ss(sc[2 * c + j / 32]);
+        }
+    }
+}
+
 /* ---------------------------------------------------------------------------------------------
  * Attention of one new token per row over its cached keys and values (decoding). Each part of a
  * task owns some (row, head) pairs: it writes the pair's new key and value into the cache at the
@@ -728,16 +836,36 @@ __attribute__((target("avx2"))) static void quantize_rows(const float *x, int ro
     }
 }
 
+/* x (rows, n) to int8 for int4 products: rows of n_pad (zero past n), and each group of 32's
+ * sum times -8 into xgs (rows of ng_pad, zero past the groups) */
+__attribute__((target("avx2"))) static void quantize_rows_int4(const float *x, int rows, int n,
+                                                               const product *p, int8_t *xq,
+                                                               uint8_t *spare, float *xgs,
+                                                               float *xscale) {
+    for (int r = 0; r < rows; r++) {
+        int8_t *qr = xq + (size_t)r * p->n_pad;
+        quantize_rows(x + (size_t)r * n, 1, n, qr, spare, xscale + r, 0);
+        memset(qr + n, 0, (size_t)(p->n_pad - n));
+        float *gr = xgs + (size_t)r * p->ng_pad;
+        for (int g = 0; g < p->ng_pad; g++) {
+            int sum = 0;
+            for (int j = 0; g < p->n_pad / 32 && j < 32; j++) sum += qr[32 * g + j];
+            gr[g] = -8.0f * (float)sum;
+        }
+    }
+}
+
 /* ---------------------------------------------------------------------------------------------
  * A whole decoding step through the blocks: for one new token per row, every layer's LayerNorm,
  * attention (its products, the cache write, the softmax), residual additions, MLP and GELU in
  * one call, from a plan of each layer's weights that the caller builds once.
  * ------------------------------------------------------------------------------------------- */
 
-enum { M_INT8 = 3 }; /* matrix kinds: W_F32, W_F16, W_BF16 (dense), M_INT8 */
+enum { M_INT8 = 3, M_INT4 }; /* matrix kinds: W_F32, W_F16, W_BF16 (dense), M_INT8, M_INT4 */
 
 typedef struct {
-    int64_t kind, w, scale, bias, n_out, n_in; /* addresses as integers; scale: int8 only */
+    int64_t kind, w, scale, bias, n_out, n_in; /* addresses as integers; scale: int8's per row,
+                                                * int4's per group (gscale) */
     int64_t wsum;                              /* int8 only: see product.wsum */
 } matrix_spec;
 
@@ -814,7 +942,24 @@ typedef struct {
     int8_t *xq;
     uint8_t *xabs;
     float *xscale;
+    float *xgs; /* int4: see product.xgs */
 } int8_scratch;
+
+/* int4's padded sizes of a row of n_in weights (see i4_task) */
+static int int4_n_pad(int n_in) { return (n_in + 63) & ~63; }
+static int int4_ng_pad(int n_in) { return (int4_n_pad(n_in) / 32 + 7) & ~7; }
+
+/* y (rows, n_out) = x W^T + bias (or y += that) for int4 W (see i4_task), x quantized into s */
+__attribute__((target("avx2"))) static void matmul_int4(product *p, const float *x,
+                                                        int8_scratch s, int threads) {
+    p->n_pad = int4_n_pad(p->n_in);
+    p->ng_pad = int4_ng_pad(p->n_in);
+    quantize_rows_int4(x, p->rows, p->n_in, p, s.xq, s.xabs, s.xgs, s.xscale);
+    p->xq = s.xq;
+    p->xgs = s.xgs;
+    p->xscale = s.xscale;
+    run_parallel(i4_task, p, threads);
+}
 
 /* y (rows, n_out) = x (rows, n_in) W^T + b, or y += that with `accumulate` */
 __attribute__((target("avx2,fma,f16c"))) static void matmul(const matrix_spec *m, const float *x,
@@ -839,6 +984,9 @@ __attribute__((target("avx2,fma,f16c"))) static void matmul(const matrix_spec *m
         p.xabs = s.xabs;
         p.xscale = s.xscale;
         run_parallel(biased ? i8_task_vnni : i8_task, &p, threads);
+    } else if (m->kind == M_INT4) {
+        p.gscale = (const uint16_t *)(intptr_t)m->scale;
+        matmul_int4(&p, x, s, threads);
     } else {
         p.x = x;
         run_parallel(dense[m->kind], &p, threads);
@@ -972,7 +1120,7 @@ static PyObject *py_linear_int8(PyObject *self, PyObject *const *args, Py_ssize_
     quantize_rows((const float *)(intptr_t)a[3], rows, n_in, xq, xabs, xscale, biased);
     product p = {(const void *)(intptr_t)a[0], (const float *)(intptr_t)a[1], NULL, xq, xabs, xscale,
                  (const float *)(intptr_t)a[4], (float *)(intptr_t)a[5], n_out, rows, n_out,
-                 n_in, 0, (const int32_t *)(intptr_t)a[2]};
+                 n_in, 0, (const int32_t *)(intptr_t)a[2], NULL, NULL, 0, 0};
     run_parallel(biased ? i8_task_vnni : i8_task, &p, threads);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
@@ -996,10 +1144,69 @@ static PyObject *py_linear_dense(PyObject *self, PyObject *const *args, Py_ssize
     }
     product p = {(const void *)(intptr_t)a[1], NULL, (const float *)(intptr_t)a[2], NULL, NULL,
                  NULL, (const float *)(intptr_t)a[3], (float *)(intptr_t)a[4], a[6], (int)a[5],
-                 (int)a[6], (int)a[7], 0, NULL};
+                 (int)a[6], (int)a[7], 0, NULL, NULL, NULL, 0, 0};
     int threads = (int)a[8];
     Py_BEGIN_ALLOW_THREADS
     run_parallel(tasks[a[0]], &p, threads);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+#else
+    return not_built();
+#endif
+}
+
+/* linear_int4(q, gscale, x, bias, y, rows, n_out, n_in, threads): y (rows, n_out) float32 = x
+ * (rows, n_in) float32 times W^T + bias for int4 W: q (n_out, n_pad / 2) bytes, gscale
+ * (n_out, ng_pad) float16 (see i4_task and int4_n_pad); bias 0: none. */
+static PyObject *py_linear_int4(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    long long a[9];
+    if (ints(args, nargs, 9, a)) return NULL;
+#if GPT2_NATIVE
+    int rows = (int)a[5], n_out = (int)a[6], n_in = (int)a[7], threads = (int)a[8];
+    const int n_pad = int4_n_pad(n_in), ng_pad = int4_ng_pad(n_in);
+    size_t xbytes = (size_t)rows * n_pad;
+    int8_t *buf = scratch_of(xbytes + n_pad + sizeof(float) * (size_t)rows * (ng_pad + 1) + 128);
+    if (!buf) return PyErr_NoMemory();
+    float *xscale = (float *)(((uintptr_t)(buf + xbytes + n_pad) + 63) & ~(uintptr_t)63);
+    int8_scratch s = {buf, (uint8_t *)buf + xbytes, xscale, xscale + rows};
+    product p = {0};
+    p.w = (const void *)(intptr_t)a[0];
+    p.gscale = (const uint16_t *)(intptr_t)a[1];
+    p.bias = (const float *)(intptr_t)a[3];
+    p.y = (float *)(intptr_t)a[4];
+    p.y_stride = n_out;
+    p.rows = rows;
+    p.n_out = n_out;
+    p.n_in = n_in;
+    const float *x = (const float *)(intptr_t)a[2];
+    Py_BEGIN_ALLOW_THREADS
+    matmul_int4(&p, x, s, threads);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+#else
+    return not_built();
+#endif
+}
+
+/* dequantize_int4(q, gscale, y, n_out, n_in, threads): int4 W (as linear_int4's) as float32
+ * (n_out, n_in) into y. */
+static PyObject *py_dequantize_int4(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    long long a[6];
+    if (ints(args, nargs, 6, a)) return NULL;
+#if GPT2_NATIVE
+    product p = {0};
+    p.w = (const void *)(intptr_t)a[0];
+    p.gscale = (const uint16_t *)(intptr_t)a[1];
+    p.y = (float *)(intptr_t)a[2];
+    p.n_out = (int)a[3];
+    p.n_in = (int)a[4];
+    p.n_pad = int4_n_pad(p.n_in);
+    p.ng_pad = int4_ng_pad(p.n_in);
+    int threads = (int)a[5];
+    Py_BEGIN_ALLOW_THREADS
+    run_parallel(i4_dequantize_task, &p, threads);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 #else
@@ -1079,17 +1286,20 @@ static PyObject *py_decode_layers(PyObject *self, PyObject *const *args, Py_ssiz
         return NULL;
     }
     long stride = scores_stride(positions, (long)a[5], rows);
-    /* scratch: h, qkv, attention output, MLP hidden (float32), int8 copies of a row, scores */
+    /* scratch: h, qkv, attention output, MLP hidden (float32), scores, int4's group sums, int8
+     * copies of the rows (padded as int4's are) */
+    const int widest = int4_n_pad(inner > C ? inner : C);
     size_t floats = (size_t)rows * (C + 3 * C + C + inner) + rows + (size_t)threads * stride;
-    size_t bytes = floats * sizeof(float) + 2 * (size_t)rows * (inner > C ? inner : C) + 256;
+    floats += (size_t)rows * int4_ng_pad(widest);
+    size_t bytes = floats * sizeof(float) + 2 * (size_t)rows * widest + 256;
     char *buf = (char *)scratch_of(bytes);
     if (!buf) return PyErr_NoMemory();
     float *h = (float *)(((uintptr_t)buf + 63) & ~(uintptr_t)63);
     float *qkv = h + (size_t)rows * C, *att = qkv + (size_t)rows * 3 * C;
     float *f = att + (size_t)rows * C, *xscale = f + (size_t)rows * inner;
-    float *scores = xscale + rows;
-    int8_scratch s8 = {(int8_t *)(scores + (size_t)threads * stride), NULL, xscale};
-    s8.xabs = (uint8_t *)s8.xq + (size_t)rows * (inner > C ? inner : C);
+    float *scores = xscale + rows, *xgs = scores + (size_t)threads * stride;
+    int8_scratch s8 = {(int8_t *)(xgs + (size_t)rows * int4_ng_pad(widest)), NULL, xscale, xgs};
+    s8.xabs = (uint8_t *)s8.xq + (size_t)rows * widest;
     const size_t esize = kv_kind ? 2 : 4;
     Py_BEGIN_ALLOW_THREADS
     for (int l = 0; l < layers; l++) {
@@ -1141,6 +1351,10 @@ static PyMethodDef methods[] = {
      "y = x (q * wscale)^T + bias."},
     {"linear_dense", (PyCFunction)(void (*)(void))py_linear_dense, METH_FASTCALL,
      "y = x W^T + bias, W float32, float16 or bfloat16."},
+    {"linear_int4", (PyCFunction)(void (*)(void))py_linear_int4, METH_FASTCALL,
+     "y = x W^T + bias, W int4 in groups of 32 with float16 scales."},
+    {"dequantize_int4", (PyCFunction)(void (*)(void))py_dequantize_int4, METH_FASTCALL,
+     "An int4 W as float32."},
     {"decode_layers", (PyCFunction)(void (*)(void))py_decode_layers, METH_FASTCALL,
      "One new token per row through every block, in place."},
     {"plan_len", py_plan_len, METH_NOARGS, "int64 values in one layer's plan."},

@@ -32,7 +32,7 @@ from gpt2cli.model.linear import (
     choose_layout,
     quantize_rows,
 )
-from gpt2cli.model.native import Arena, NativeDenseMatrix, NativeInt8Matrix, empty
+from gpt2cli.model.native import Arena, NativeDenseMatrix, NativeInt8Matrix, empty, int4_sizes
 from gpt2cli.model.tensorfile import TensorFile, TensorFileError, TensorInfo
 
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
@@ -215,11 +215,18 @@ def _largest_matrix(tensors: dict[str, tuple[TensorFile, TensorInfo]]) -> int:
 
 def _arena(tensors: dict[str, tuple[TensorFile, TensorInfo]], layout: Layout) -> Arena:
     """One huge-paged allocation for every matrix gpt2cli's kernels will stream (native.Arena):
-    the block matrices and the embedding (and an untied head) in the held dtype."""
+    the block matrices and the embedding (and an untied head) in the held dtype (int4 block
+    matrices: two weights a byte, rows padded as `native.int4_sizes` says)."""
     size = layout.held_dtype.itemsize
     names = ("wte.weight", "lm_head.weight")
-    held = [i for n, (_, i) in tensors.items() if _is_linear(n, i) or n in names]
-    return Arena(sum((math.prod(i.shape) * size + 63) // 64 * 64 for i in held))
+    nbytes = []
+    for name, (_, info) in tensors.items():
+        if _is_linear(name, info) and layout.linear == "int4":
+            n_in, n_out = info.shape  # Conv1D (in, out)
+            nbytes.append(n_out * int4_sizes(n_in)[0] // 2)
+        elif _is_linear(name, info) or name in names:
+            nbytes.append(math.prod(info.shape) * size)
+    return Arena(sum((n + 63) // 64 * 64 for n in nbytes))
 
 
 def _pack_linear(
@@ -290,7 +297,7 @@ def _load_quantized_embedding(
     rows at a time through `scratch` (float32), so no float32 copy of the whole (vocab, d)
     matrix is ever held; a 16-bit head is packed a block at a time too."""
     vocab, d = info.shape
-    int8 = layout.linear == "int8"
+    int8 = layout.linear in ("int8", "int4")  # int4 keeps an int8 embedding and head
     keep = name == "wte.weight"  # looked up by token id; an untied lm_head only multiplies
     rows = empty((vocab, d), layout.held_dtype, arena)
     scale = torch.empty(vocab) if int8 else None

@@ -439,7 +439,7 @@ class GPT2(nn.Module):
 
     def _build_step_plan(self) -> torch.Tensor | None:
         cfg = self.config
-        kernel_held = (native.NativeDenseMatrix, native.NativeInt8Matrix)
+        kernel_held = (native.NativeDenseMatrix, native.NativeInt8Matrix, native.NativeInt4Matrix)
         linears = [
             m for b in self.h for m in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj)
         ]

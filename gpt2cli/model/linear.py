@@ -22,18 +22,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpt2cli.model import native
-from gpt2cli.model.native import Arena, NativeDenseMatrix, NativeInt8Matrix
+from gpt2cli.model.native import Arena, NativeDenseMatrix, NativeInt4Matrix, NativeInt8Matrix
 
-LINEAR_LAYOUTS = ("out_in", "in_out", "onednn", "f32", "fp16", "int8")
+LINEAR_LAYOUTS = ("out_in", "in_out", "onednn", "f32", "fp16", "int8", "int4")
 
 
 @dataclass(frozen=True)
 class Layout:
     """How weights are stored. linear: block weights as (out, in) for `F.linear`, (in, out) for
     `addmm`, prepacked for oneDNN, held as float32 (out, in) for gpt2cli's own kernels (`f32`),
-    or in 16 bits (`fp16`) or int8 (`int8`) for gpt2cli's kernels or fbgemm's. head_in_out: the
-    tied embedding stored (d, vocab). The last three (`in_matrices`) hold the output head and
-    the token embedding in the same precision as the blocks and compute in float32.
+    or in 16 bits (`fp16`) or int8 (`int8`) for gpt2cli's kernels or fbgemm's, or int4 in
+    groups of 32 (`int4`, gpt2cli's kernels only). head_in_out: the tied embedding stored
+    (d, vocab). The last four (`in_matrices`) hold the output head and the token embedding in
+    the same precision as the blocks (int8 for `int4`: llama.cpp's Q4_0 files also keep the
+    output head in more bits) and compute in float32.
     `round_bf16`: the 16-bit weights are bfloat16 (held as bfloat16 by gpt2cli's kernels; for
     fbgemm rounded to bfloat16 and held as float16, exact over float16's normal range: bfloat16
     has 8 significant bits, float16 11), so `--dtype bfloat16` gives bfloat16 weights on a CPU
@@ -57,12 +59,13 @@ class Layout:
     def in_matrices(self) -> bool:
         """Weights held by matrix objects (gpt2cli's kernels or fbgemm's), everything else
         float32."""
-        return self.linear in ("f32", "fp16", "int8")
+        return self.linear in ("f32", "fp16", "int8", "int4")
 
     @property
     def held_dtype(self) -> torch.dtype:
-        """The dtype an `in_matrices` layout holds its weights and token embedding in."""
-        if self.linear == "int8":
+        """The dtype an `in_matrices` layout holds its weights and token embedding in (`int4`:
+        its embedding; the blocks' weights two a byte)."""
+        if self.linear in ("int8", "int4"):
             return torch.int8
         if self.linear == "f32":
             return torch.float32
@@ -79,6 +82,12 @@ class Layout:
 
     def describe(self) -> str:
         """For --verbose: which kernel multiplies the weights."""
+        if self.linear == "int4":
+            return (
+                "int4 weights (4-bit, a float16 scale per group of 32, as llama.cpp's Q4_0), "
+                "the token embedding and output head int8 (a scale per row), activations int8 "
+                "(a scale per token), gpt2cli's own AVX2 kernels; float32 elsewhere"
+            )
         if self.linear == "int8" and self.native:
             lib = native.kernels()
             dot = " (AVX-VNNI products)" if lib is not None and lib.vnni() else ""
@@ -152,15 +161,18 @@ OWN_KERNEL_ROWS = 8
 
 
 def choose_layout(
-    device: torch.device, dtype: torch.dtype, int8: bool = False, rows: int = 1
+    device: torch.device, dtype: torch.dtype, int8: bool = False, rows: int = 1, int4: bool = False
 ) -> Layout:
     """The fastest layout for decoding `rows` sequences together on `device` in `dtype` (see
     the module docstring); with `int8`, int8 weights (CPU only), multiplied by gpt2cli's own
-    kernels where they run here, else by fbgemm's. Up to OWN_KERNEL_ROWS sequences on a CPU
+    kernels where they run here, else by fbgemm's; with `int4`, int4 weights (gpt2cli's kernels
+    only: the caller checks that they run). Up to OWN_KERNEL_ROWS sequences on a CPU
     where gpt2cli's kernels run: float32 and 16-bit weights by them too (measured in native.py);
     more: oneDNN's kernels packed for them, where this torch and CPU have them."""
     cpu = device.type == "cpu"
     own = cpu and native.available()
+    if int4:
+        return Layout("int4", native=True)
     if int8 and own:
         return Layout("int8", native=True)
     if int8:
@@ -275,13 +287,18 @@ class Fp16Matrix:
         return y if bias is None else y.add_(bias)
 
 
-QuantizedMatrix = Int8Matrix | NativeInt8Matrix | Fp16Matrix | NativeDenseMatrix
+QuantizedMatrix = Int8Matrix | NativeInt8Matrix | NativeInt4Matrix | Fp16Matrix | NativeDenseMatrix
 
 
 def pack_matrix(w: torch.Tensor, layout: Layout, arena: Arena | None = None) -> QuantizedMatrix:
     """W (out, in) float32 held for an `in_matrices` layout (W may be a scratch buffer: it is
     not kept); gpt2cli's kernels get their copy of it from `arena` when one is given."""
     if layout.native:
+        if layout.linear == "int4":
+            q, scales = native.quantize_int4(w)
+            held = native.empty(q.shape, torch.uint8, arena).copy_(q)
+            prompts = torch.bfloat16 if onednn_available(torch.bfloat16) else torch.float32
+            return NativeInt4Matrix(held, scales, w.shape[1], prompts)
         if layout.linear == "int8":
             q, scale = quantize_rows(w, layout.int8_max)
             return NativeInt8Matrix(native.empty(q.shape, torch.int8, arena).copy_(q), scale)

@@ -23,6 +23,7 @@ import ctypes
 import os
 import struct
 import threading
+from collections.abc import Callable
 from functools import cache
 from types import ModuleType
 
@@ -182,6 +183,27 @@ def _dense(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return F.linear(x, w)
 
 
+BLOCK_ELEMENTS = 1 << 22  # of a W held in fewer bits, as float32 at a time for many rows: 16 MB
+
+
+def _dense_by_blocks(
+    x: torch.Tensor,
+    n_out: int,
+    n_in: int,
+    rows_of_w: Callable[[int, int], torch.Tensor],
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """x W^T (by oneDNN) for many rows of x, W's rows [first, last) made float32 by
+    `rows_of_w(first, last)` a block at a time (a float32 copy of a 16-bit head would be 154
+    MB), multiplied in `dtype` (float32, or bfloat16: x and each block rounded to it); float32
+    out."""
+    x = x.to(dtype)
+    step = max(1, BLOCK_ELEMENTS // n_in)
+    parts = [_dense(x, rows_of_w(i, min(n_out, i + step)).to(dtype)) for i in range(0, n_out, step)]
+    y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+    return y.to(torch.float32)
+
+
 class NativeDenseMatrix:
     """x (..., in) float32 -> x W^T (..., out) float32 with W (out, in) held as float32, float16
     or bfloat16: up to MAX_ROWS rows (decoding) by the native kernel, float32 sums; more (a
@@ -196,7 +218,6 @@ class NativeDenseMatrix:
     # held as float16 (2 threads, Zen 3): 4 rows 19.8 ms against 62.7 converting for oneDNN, 16
     # rows 53 / 97, 32 rows 102 / 118, 64 rows 178 / 182
     MAX_ROWS = 64
-    BLOCK_ELEMENTS = 1 << 22  # of a 16-bit W in float32 at a time, for more rows: 16 MB
     KINDS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
     def __init__(self, w: torch.Tensor) -> None:
@@ -210,13 +231,10 @@ class NativeDenseMatrix:
         self.pointer = self.w.data_ptr()
 
     def _many_rows(self, x: torch.Tensor) -> torch.Tensor:
-        """x W^T by oneDNN: on W itself (float32), or in blocks of W's rows converted to float32
-        (a float32 copy of a 16-bit head would be 154 MB)."""
+        """x W^T by oneDNN: on W itself (float32), or in blocks of W's rows converted to float32."""
         if self.kind == self.KINDS[torch.float32]:
             return _dense(x, self.w)
-        step = max(1, self.BLOCK_ELEMENTS // self.n_in)
-        parts = [_dense(x, self.w[i : i + step].float()) for i in range(0, self.n_out, step)]
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        return _dense_by_blocks(x, self.n_out, self.n_in, lambda a, b: self.w[a:b].float())
 
     def rows(self, first: int, last: int) -> NativeDenseMatrix:
         """The product with W's rows [first, last) only (a view, not a copy)."""
@@ -234,6 +252,97 @@ class NativeDenseMatrix:
         )  # fmt: skip
         return y
 
+
+def int4_sizes(n_in: int) -> tuple[int, int]:
+    """How int4 rows of `n_in` weights are held: (n_pad, groups): n_in rounded up to 64 (two
+    groups a 32-byte chunk), and its groups of 32 rounded up to 8 (one vector of scales)."""
+    n_pad = (n_in + 63) // 64 * 64
+    return n_pad, (n_pad // 32 + 7) // 8 * 8
+
+
+def quantize_int4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """W (out, in) as int4 in groups of 32 (the format of llama.cpp's Q4_0): (q uint8 (out,
+    n_pad / 2), two weights a byte, scales float16 (out, groups)), w ~ (q - 8) * scale. As Q4_0:
+    each group's value of largest magnitude m gives scale m / -8 (m itself becomes -8, exactly),
+    q = floor(w / scale + 8.5) clamped to [0, 15]. Byte j of each 64-weight chunk c holds weight
+    64c + j in its low nibble and 64c + 32 + j in its high one (the kernel unpacks a chunk with
+    one load and two masks); padding weights are 0 (q = 8), padding scales 0."""
+    out, n_in = w.shape
+    n_pad, groups = int4_sizes(n_in)
+    g = F.pad(w.float(), (0, n_pad - n_in)).view(out, n_pad // 32, 32)
+    m = g.gather(-1, g.abs().argmax(dim=-1, keepdim=True))
+    scale = (m / -8).half()
+    d = scale.float()
+    inv = torch.where(d != 0, 1 / d, torch.zeros_like(d))
+    q = g.mul(inv).add_(8.5).floor_().clamp_(0, 15).to(torch.uint8).view(out, n_pad // 64, 2, 32)
+    packed = (q[:, :, 0] | (q[:, :, 1] << 4)).view(out, n_pad // 2)
+    scales = torch.zeros(out, groups, dtype=torch.float16)
+    scales[:, : n_pad // 32] = scale.squeeze(-1)
+    return packed, scales
+
+
+class NativeInt4Matrix:
+    """x (..., in) float32 -> x W^T (..., out) float32 for int4 W (`quantize_int4`): up to
+    MAX_ROWS rows of x by the kernel (each row quantized to int8, exact integer sums per group
+    scaled in float32); more (a prompt) by oneDNN on float32 blocks of W (`dequantize`).
+
+    Why int4 by hand: torch's 4-bit CPU kernels (`_weight_int4pack_mm_for_cpu`) were slower than
+    fbgemm's int8 at batch 1 on the 2-core Zen 5 (benchmarks/README.md), so slower than int8 here,
+    while llama.cpp's Q4_0 decodes GPT-2 small as fast as our int8 does."""
+
+    MAX_ROWS = 16
+
+    def __init__(
+        self,
+        q: torch.Tensor,
+        scales: torch.Tensor,
+        n_in: int,
+        prompt_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        """`prompt_dtype`: what products of many rows (prompts) multiply in: float32, or
+        bfloat16 where oneDNN has bfloat16 arithmetic here. Measured on the 2-core Zen 5 (GPT-2
+        small, a 512-token prompt, 2 / 1 threads): float32 279 / 527 ms, bfloat16 197 / 364
+        (llama.cpp's Q4_0 258 / 470). Its rounding (2^-9 of each value) is far below the int4
+        weights' own and below that of the int8 activations decoding uses."""
+        lib = _required()
+        n_pad, groups = int4_sizes(n_in)
+        if q.dtype != torch.uint8 or q.shape[1:] != (n_pad // 2,):
+            raise ValueError(f"int4 rows of {n_in} weights are {n_pad // 2} bytes")
+        if scales.dtype != torch.float16 or scales.shape != (q.shape[0], groups):
+            raise ValueError(f"expected float16 scales ({q.shape[0]}, {groups})")
+        self.linear, self.dequantize_rows = lib.linear_int4, lib.dequantize_int4
+        self.q, self.scales = q.contiguous(), scales.contiguous()
+        self.n_out, self.n_in = q.shape[0], n_in
+        self.prompt_dtype = prompt_dtype
+        self.pointers = (self.q.data_ptr(), self.scales.data_ptr())
+
+    def dequantize(self, first: int = 0, last: int | None = None) -> torch.Tensor:
+        """W's rows [first, last) as float32 (last - first, n_in)."""
+        last = self.n_out if last is None else last
+        if not 0 <= first <= last <= self.n_out:
+            raise ValueError(f"rows [{first}, {last}) are outside W's {self.n_out}")
+        y = torch.empty(last - first, self.n_in)
+        self.dequantize_rows(
+            self.q[first].data_ptr() if last > first else 0,
+            self.scales[first].data_ptr() if last > first else 0,
+            y.data_ptr(), last - first, self.n_in, torch.get_num_threads(),
+        )  # fmt: skip
+        return y
+
+    def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        x, rows = _rows(x, self.n_in)
+        if rows > self.MAX_ROWS:
+            y = _dense_by_blocks(x, self.n_out, self.n_in, self.dequantize, self.prompt_dtype)
+            return y if bias is None else y.add_(bias)
+        y = torch.empty(*x.shape[:-1], self.n_out)
+        self.linear(
+            *self.pointers, x.data_ptr(), 0 if bias is None else bias.data_ptr(), y.data_ptr(),
+            rows, self.n_out, self.n_in, torch.get_num_threads(),
+        )  # fmt: skip
+        return y
+
+
+NativeMatrix = NativeDenseMatrix | NativeInt8Matrix | NativeInt4Matrix
 
 ATTENTION_KINDS = {torch.float32: 0, torch.float16: 1}
 MAX_HEAD_DIM = 256  # the attention kernel takes head sizes up to this, multiples of 8
@@ -273,14 +382,18 @@ def attend(
     return y
 
 
-def matrix_spec(matrix: NativeDenseMatrix | NativeInt8Matrix, bias: torch.Tensor) -> list[int]:
+def matrix_spec(matrix: NativeMatrix, bias: torch.Tensor) -> list[int]:
     """How `decode_layers` reads one product y = x W^T + bias: kind (0-2 the dense kinds, 3
-    int8), W's address, its scales' (int8), the bias's, n_out, n_in, its rows' sums (int8)."""
+    int8, 4 int4), W's address, its scales' (int8, int4), the bias's, n_out, n_in, its rows'
+    sums (int8)."""
     if bias.dtype != torch.float32 or not bias.is_contiguous() or bias.shape != (matrix.n_out,):
         raise ValueError("the bias must be contiguous float32, one per output")
     if isinstance(matrix, NativeInt8Matrix):
         q, scale, wsum = matrix.pointers
         return [3, q, scale, bias.data_ptr(), matrix.n_out, matrix.n_in, wsum]
+    if isinstance(matrix, NativeInt4Matrix):
+        q, scales = matrix.pointers
+        return [4, q, scales, bias.data_ptr(), matrix.n_out, matrix.n_in, 0]
     return [matrix.kind, matrix.pointer, 0, bias.data_ptr(), matrix.n_out, matrix.n_in, 0]
 
 

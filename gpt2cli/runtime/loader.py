@@ -26,7 +26,7 @@ from gpt2cli.text.tokenizer import Tokenizer
 from gpt2cli.types import DTYPES, GenerationDefaults, LoadOptions
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-assert set(TORCH_DTYPES) == set(DTYPES) - {"auto", "int8"}
+assert set(TORCH_DTYPES) == set(DTYPES) - {"auto", "int8", "int4"}
 
 
 @dataclass
@@ -40,7 +40,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     cuda_graphs: bool | None = None  # None: on for CUDA devices
-    precision: str = ""  # the --dtype it runs in (int8: int8 weights, float32 activations)
+    precision: str = ""  # the --dtype it runs in (int8, int4: such weights, float32 activations)
     generation: GenerationDefaults = field(default_factory=GenerationDefaults)
 
     @property
@@ -114,7 +114,8 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     """`auto` is bfloat16 on a GPU that supports it, float32 elsewhere. `int8` (int8 weights,
-    float32 activations) is float32 here, on an x86 CPU only."""
+    float32 activations) is float32 here, on an x86 CPU only; `int4` too, where gpt2cli's own
+    kernels run."""
     name = name.lower()
     if name == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
@@ -126,6 +127,16 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
         if not (native.available() or fbgemm_available()):
             raise ParamError(
                 "dtype", "int8 needs an x86 CPU (gpt2cli's AVX2 kernels or torch's fbgemm)"
+            )
+        return torch.float32
+    if name == "int4":
+        if device.type != "cpu":
+            raise ParamError("dtype", f"int4 runs on the CPU only (use --device cpu), not {device}")
+        if not native.available():
+            raise ParamError(
+                "dtype",
+                "int4 needs gpt2cli's own kernels, which do not run here (an x86-64 CPU with "
+                "AVX2, a C compiler at install, GPT2CLI_NATIVE unset); int8 runs without them",
             )
         return torch.float32
     if name not in TORCH_DTYPES:
@@ -175,8 +186,10 @@ def load_folder(folder: Path, options: LoadOptions) -> LoadedModel:
         torch.set_num_threads(threads)
     dev = pick_device(options.device)
     dt = pick_dtype(options.dtype, dev)
-    int8 = options.dtype.lower() == "int8"
-    layout = choose_layout(dev, dt, int8=int8, rows=options.batch)
+    quantized = options.dtype.lower() if options.dtype.lower() in ("int8", "int4") else ""
+    layout = choose_layout(
+        dev, dt, int8=quantized == "int8", rows=options.batch, int4=quantized == "int4"
+    )
     with _malloc_tuned():  # first: it says best what is wrong
         net = load_checkpoint(folder, device=dev, dtype=dt, layout=layout)
     tokenizer = Tokenizer.from_folder(folder)
@@ -191,7 +204,7 @@ def load_folder(folder: Path, options: LoadOptions) -> LoadedModel:
     )
     for problem in problems:  # shown by the CLI as `gpt2: warning: ...`
         warnings.warn(problem, CheckpointWarning, stacklevel=2)
-    precision = "int8" if int8 else str(dt).removeprefix("torch.")
+    precision = quantized or str(dt).removeprefix("torch.")
     act = net.wpe.dtype  # a quantized layout computes in float32 whatever its weights
     return LoadedModel(
         net, tokenizer, options.model, Path(folder), dev, act, generation=generation,
