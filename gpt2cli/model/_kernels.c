@@ -523,22 +523,50 @@ __attribute__((target("avx2"))) static inline __m256i dot4(__m256i q, __m256i xq
     return _mm256_madd_epi16(_mm256_maddubs_epi16(q, xq), _mm256_set1_epi16(1));
 }
 
+/* a chunk's products with 4 (k_n) rows of W into acc[k]: x's 64 values at x, W's bytes at w (row
+ * k at w + k * row), the chunk's groups' scales lanes 2c and 2c + 1 of sc[k] */
+__attribute__((target("avx2,fma,f16c"), always_inline)) static inline void
+i4_chunk(__m256 acc[4], const uint8_t *w, size_t row, int k_n, const int8_t *x, const __m256 sc[4],
+         int c) {
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    const __m256i xa = _mm256_loadu_si256((const __m256i *)x);
+    const __m256i xb = _mm256_loadu_si256((const __m256i *)(x + 32));
+    const __m256i ia = _mm256_set1_epi32(2 * c), ib = _mm256_set1_epi32(2 * c + 1);
+    for (int k = 0; k < k_n; k++) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(w + k * row));
+        __m256 da = _mm256_cvtepi32_ps(dot4(_mm256_and_si256(v, low), xa));
+        __m256 db = _mm256_cvtepi32_ps(dot4(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), xb));
+        acc[k] = _mm256_fmadd_ps(da, _mm256_permutevar8x32_ps(sc[k], ia), acc[k]);
+        acc[k] = _mm256_fmadd_ps(db, _mm256_permutevar8x32_ps(sc[k], ib), acc[k]);
+    }
+}
+
+/* int4 rows are short (384 bytes for GPT-2 small's 768 inputs), so the next block of 4 rows is
+ * too near to prefetch in time: the prefetches read I4_AHEAD bytes on at least. GPT-2 small's 48
+ * block matrices on one Zen 5 core: 1.94-1.97 ms the next block, 1.51-1.55 8 KiB on, 1.55-1.56
+ * 16 KiB (medium's 5.6-6.0, 5.2-5.4, 5.3-5.7; two cores 1.16-1.28, 0.99-1.05, 1.01-1.20); int8,
+ * bfloat16 and float32 rows (3 KiB a block and more) gained nothing from it. */
+#ifndef I4_AHEAD
+#define I4_AHEAD 8192
+#endif
+
 __attribute__((target("avx2,fma,f16c"))) static void i4_task(const void *args, int part,
                                                              int parts) {
     const product *p = args;
     const uint8_t *W = p->w;
     const size_t row = (size_t)p->n_pad / 2; /* bytes of a row of W */
     const int ng = p->n_pad / 32, gp = p->ng_pad;
-    const __m256i low = _mm256_set1_epi8(0x0f);
     int lo, hi;
     part_range(p, part, parts, &lo, &hi);
     for (int o = lo; o < hi; o += 4) {
         const int k_n = hi - o < 4 ? hi - o : 4; /* rows of W in this block */
         const uint8_t *w0 = W + (size_t)o * row;
         const uint16_t *s0 = p->gscale + (size_t)o * gp;
-        /* the next block of 4 rows and its scales, swept while x's first row passes over this
-         * one (as in i8_rows) */
-        const char *ahead = (const char *)(w0 + 4 * row), *ahead_s = (const char *)(s0 + 4 * gp);
+        /* a later block of 4 rows and its scales, swept while x's first row passes over this
+         * one (as in i8_rows), I4_AHEAD bytes on at least */
+        const size_t skip = (I4_AHEAD + 4 * row - 1) / (4 * row);
+        const char *ahead = (const char *)(w0 + 4 * row * skip);
+        const char *ahead_s = (const char *)(s0 + 4 * (size_t)gp * skip);
         for (int r = 0; r < p->rows; r++) {
             const int8_t *xr = p->xq + (size_t)r * p->n_pad;
             const float *gs = p->xgs + (size_t)r * gp;
@@ -547,31 +575,20 @@ __attribute__((target("avx2,fma,f16c"))) static void i4_task(const void *args, i
             for (int g8 = 0; g8 < ng; g8 += 8) {
                 __m256 sc[4];
                 const __m256 gsv = _mm256_loadu_ps(gs + g8);
-                if (r == 0) _mm_prefetch(ahead_s + 4 * 2 * (size_t)g8, AHEAD_HINT);
                 for (int k = 0; k < k_n; k++) {
                     sc[k] = _mm256_cvtph_ps(
                         _mm_loadu_si128((const __m128i *)(s0 + (size_t)k * gp + g8)));
                     acc[k] = _mm256_fmadd_ps(sc[k], gsv, acc[k]);
                 }
                 const int chunks = ng - g8 >= 8 ? 4 : (ng - g8) / 2;
+                const size_t at = (size_t)g8 * 16; /* byte of the unit in a row */
+                if (r == 0) _mm_prefetch(ahead_s + 4 * 2 * (size_t)g8, AHEAD_HINT);
                 for (int c = 0; c < chunks; c++) {
-                    const size_t at = (size_t)(g8 / 2 + c) * 32; /* byte of the chunk in a row */
-                    const __m256i xa = _mm256_loadu_si256((const __m256i *)(xr + 2 * at));
-                    const __m256i xb = _mm256_loadu_si256((const __m256i *)(xr + 2 * at + 32));
-                    const __m256i ia = _mm256_set1_epi32(2 * c), ib = _mm256_set1_epi32(2 * c + 1);
                     if (r == 0) {
-                        _mm_prefetch(ahead + 4 * at, AHEAD_HINT);
-                        _mm_prefetch(ahead + 4 * at + 64, AHEAD_HINT);
+                        _mm_prefetch(ahead + 4 * (at + 32 * c), AHEAD_HINT);
+                        _mm_prefetch(ahead + 4 * (at + 32 * c) + 64, AHEAD_HINT);
                     }
-                    for (int k = 0; k < k_n; k++) {
-                        __m256i v = _mm256_loadu_si256((const __m256i *)(w0 + k * row + at));
-                        __m256i qa = _mm256_and_si256(v, low);
-                        __m256i qb = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-                        __m256 da = _mm256_cvtepi32_ps(dot4(qa, xa));
-                        __m256 db = _mm256_cvtepi32_ps(dot4(qb, xb));
-                        acc[k] = _mm256_fmadd_ps(da, _mm256_permutevar8x32_ps(sc[k], ia), acc[k]);
-                        acc[k] = _mm256_fmadd_ps(db, _mm256_permutevar8x32_ps(sc[k], ib), acc[k]);
-                    }
+                    i4_chunk(acc, w0 + at + 32 * c, row, k_n, xr + 2 * at + 64 * c, sc, c);
                 }
             }
             for (int k = 0; k < k_n; k++) store(p, r, o + k, hsum(acc[k]) * p->xscale[r]);
