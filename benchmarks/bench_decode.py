@@ -70,7 +70,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shape", default="small", choices=["small", "medium", "large", "xl"])
     ap.add_argument(
-        "--dtype", default="float32", choices=["float32", "bfloat16", "float16", "int8"]
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16", "int8", "int4"]
     )
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=5)

@@ -3,8 +3,8 @@
     python benchmarks/bench_quality.py                    # small's shape, 4 x 512 positions
     python benchmarks/bench_quality.py --shape medium --json quality.json
 
-For each --dtype (int8, bfloat16, float16): the next-token logits at every position of 4 rows of
-512 tokens (2,048 positions) of English text, against float32 on the same weights: top-1
+For each --dtype (int8, int4, bfloat16, float16): the next-token logits at every position of 4
+rows of 512 tokens (2,048 positions) of English text, against float32 on the same weights: top-1
 agreement (the argmax is the same token) and the mean KL divergence KL(float32 || ours) in nats.
 
 No trained GPT-2 can be downloaded here, so the weights are random: the speed benchmarks'
@@ -13,6 +13,10 @@ disagrees often; a worst case, not a model) and GPT-2's initialisation (residual
 scaled by 1 / sqrt(2 n_layer)) at weight scales --stds: at 0.02, GPT-2's own, the layers barely
 change the embedding and every precision agrees; larger scales make the layers matter more.
 None of them is a trained model, whose peaked distributions make top-1 agreement higher.
+
+--llama also measures llama.cpp on the same weights (its GGUF conversions, --llama-types: F32,
+a check of the comparison itself, and the quantized types int8 and int4 stand beside, Q8_0 and
+Q4_0) against the same float32 reference (gpt2cli's float32, which matches transformers').
 """
 
 from __future__ import annotations
@@ -66,6 +70,25 @@ def logits(folder: Path, dtype: str, ids):
     return lm.model(ids, lm.model.new_cache(ROWS), all_logits=True).reshape(ids.numel(), -1)
 
 
+def llama_logits(shape: str, folder: Path, outtype: str, ids):
+    """llama.cpp's logits on `folder`'s weights converted to GGUF `outtype`, or None (said why)."""
+    import llama_anchor
+    import numpy as np
+    import torch
+
+    name = shape if folder == checkpoint(shape) else folder.name
+    model = llama_anchor.gguf(name, outtype, folder)
+    if model is None:
+        return None
+    out = CACHE / f"logits-{name}-{outtype}.npy"
+    try:
+        if llama_anchor.logits(model, ids.tolist(), out) is None:
+            return None
+        return torch.from_numpy(np.load(out))
+    finally:
+        out.unlink(missing_ok=True)
+
+
 def compare(ours, ref) -> dict:
     p, q = ref.log_softmax(-1), ours.log_softmax(-1)
     top1 = (ours.argmax(-1) == ref.argmax(-1)).float().mean().item()
@@ -76,9 +99,11 @@ def compare(ours, ref) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shape", default="small", choices=list(SHAPES))
-    ap.add_argument("--dtypes", default="int8,bfloat16,float16")
+    ap.add_argument("--dtypes", default="int8,int4,bfloat16,float16")
     ap.add_argument("--stds", default="0.02,0.06,0.1", help="weight scales of GPT-2's init")
     ap.add_argument("--json", metavar="PATH")
+    ap.add_argument("--llama", action="store_true", help="also llama.cpp on the same weights")
+    ap.add_argument("--llama-types", default="f32,q8_0,q4_0")
     args = ap.parse_args()
     import torch
     from tokenizers import Tokenizer
@@ -97,6 +122,13 @@ def main() -> None:
         for dtype in args.dtypes.split(","):
             row = {"shape": args.shape, "weights": kind, "dtype": dtype, "positions": ids.numel()}
             results.append(row | compare(logits(folder, dtype, ids), ref))
+            print(json.dumps(results[-1]), flush=True)
+        for outtype in args.llama_types.split(",") if args.llama else []:
+            theirs = llama_logits(args.shape, folder, outtype, ids)
+            if theirs is None:
+                continue
+            row = {"shape": args.shape, "weights": kind, "dtype": f"llama.cpp {outtype.upper()}"}
+            results.append(row | {"positions": ids.numel()} | compare(theirs, ref))
             print(json.dumps(results[-1]), flush=True)
     print("\n| weights | dtype | top-1 agreement | mean KL (nats) |\n|---|---|---|---|")
     for r in results:

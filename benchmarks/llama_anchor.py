@@ -136,16 +136,17 @@ def checkpoint(shape: str) -> Path:
     return build(shape)
 
 
-def gguf(shape: str, outtype: str) -> Path | None:
+def gguf(shape: str, outtype: str, folder: Path | None = None) -> Path | None:
     """The GGUF of benchmark checkpoint `shape` in `outtype` (f32, f16, bf16, q8_0, q4_0, ...),
-    converted (or quantized from the F32 file) on first use; None after printing why not."""
+    converted (or quantized from the F32 file) on first use; None after printing why not.
+    `folder`: another checkpoint, cached under the name `shape`."""
     out = GGUF_DIR / f"{shape}-{outtype}.gguf"
     if out.is_file():
         return out
     GGUF_DIR.mkdir(parents=True, exist_ok=True)
     if outtype in QUANTIZED_TYPES:
-        return _quantize(shape, outtype, out)
-    python, folder = _convert_python(), checkpoint(shape)
+        return _quantize(shape, outtype, out, folder)
+    python, folder = _convert_python(), folder or checkpoint(shape)
     if python is None:
         return None
     print(f"converting {folder} to {out.name} ...", file=sys.stderr)
@@ -153,9 +154,9 @@ def gguf(shape: str, outtype: str) -> Path | None:
     return _finish(out, [python, __file__, "convert", json.dumps(job)], f"convert to {outtype}")
 
 
-def _quantize(shape: str, outtype: str, out: Path) -> Path | None:
+def _quantize(shape: str, outtype: str, out: Path, folder: Path | None) -> Path | None:
     """`out` quantized from the F32 GGUF with llama.cpp's llama_model_quantize."""
-    source, python = gguf(shape, "f32"), llama_python()
+    source, python = gguf(shape, "f32", folder), llama_python()
     if source is None or python is None:
         return None
     print(f"quantizing {source.name} to {out.name} ...", file=sys.stderr)
@@ -210,6 +211,16 @@ def decode(
     return _work(python, job | {"threads": threads, "seed": seed})
 
 
+def logits(model: Path, rows: list[list[int]], out: Path) -> Path | None:
+    """llama.cpp's next-token logits at every position of `rows` (token ids) on GGUF `model`,
+    saved as a float32 .npy at `out` (rows * length, vocab); None after printing why not."""
+    python = llama_python()
+    if python is None:
+        return None
+    done = _work(python, {"task": "logits", "gguf": str(model), "rows": rows, "out": str(out)})
+    return None if done is None else out
+
+
 def prefill(model: Path, prompt_ids: list[int], threads: int | None = None) -> dict | None:
     """Time to first token of `prompt_ids`: one batched decode of the prompt + one sample.
     Returns {"prefill_s", "prompt_tokens", "n_threads", "n_threads_batch", "system_info"}."""
@@ -223,14 +234,15 @@ def prefill(model: Path, prompt_ids: list[int], threads: int | None = None) -> d
 # ---- worker side: runs with the llama venv's (or the converter venv's) Python ----
 
 
-def _w_load(job: dict):
+def _w_load(job: dict, **options):
     """A llama_cpp.Llama on the job's GGUF, n_ctx 1024, threads as asked (None: default)."""
     import llama_cpp
 
     n = job.get("threads")
     return llama_cpp.Llama(
-        job["gguf"], n_ctx=N_CTX, n_threads=n, n_threads_batch=n, verbose=False, no_perf=True
-    )
+        job["gguf"], n_ctx=N_CTX, n_threads=n, n_threads_batch=n, verbose=False, no_perf=True,
+        **options,
+    )  # fmt: skip
 
 
 def _w_sampler(llm, seed: int):
@@ -346,7 +358,24 @@ def _convert(job: dict) -> None:
     runpy.run_path(sys.argv[0], run_name="__main__")
 
 
-WORKERS = {"decode": _w_decode, "prefill": _w_prefill, "quantize": _w_quantize}
+def _w_logits(job: dict) -> dict:
+    """The next-token logits at every position of each row of token ids (each row from an
+    empty cache), saved as float32 .npy (rows * length, vocab) at job["out"]."""
+    import numpy as np
+
+    llm = _w_load(job, logits_all=True, n_batch=N_CTX, n_ubatch=N_CTX)
+    rows = []
+    for ids in job["rows"]:
+        llm.reset()  # eval() drops the cache past the tokens kept: all of it
+        llm.eval(ids)
+        rows.append(np.array(llm.scores[: len(ids)], dtype=np.float32))
+    np.save(job["out"], np.concatenate(rows))
+    return {"out": job["out"]}
+
+
+WORKERS = {
+    "decode": _w_decode, "prefill": _w_prefill, "quantize": _w_quantize, "logits": _w_logits,
+}  # fmt: skip
 
 
 def main() -> None:
