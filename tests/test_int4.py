@@ -20,13 +20,14 @@ needs_native = pytest.mark.skipif(not native.available(), reason="native kernels
 
 def _unpack(q: torch.Tensor, scales: torch.Tensor, n_in: int) -> torch.Tensor:
     """The weights int4 `q` and `scales` stand for, in float64, written from the format's
-    description (not from the kernels)."""
+    description (`native.quantize_int4`), not from the kernels: in each unit of 128 bytes, byte
+    32L + 4g + t holds weight 32g + 4L + t (low nibble) and 32g + 16 + 4L + t (high)."""
     out, half = q.shape
-    chunks = half // 32
-    low = (q & 15).view(out, chunks, 1, 32)
-    high = (q >> 4).view(out, chunks, 1, 32)
-    values = torch.cat([low, high], dim=2).view(out, 2 * chunks, 32).double() - 8
-    return (values * scales[:, : 2 * chunks, None].double()).view(out, -1)[:, :n_in]
+    units = half // 128
+    b = q.view(out, units, 4, 8, 4).transpose(2, 3)  # unit, group, L, t
+    values = torch.stack([b & 15, b >> 4], dim=3)  # unit, group, half, L, t
+    values = values.reshape(out, units * 8, 32).double() - 8
+    return (values * scales[:, :, None].double()).view(out, -1)[:, :n_in]
 
 
 def _x_as_the_kernel_sees_it(x: torch.Tensor) -> torch.Tensor:
@@ -41,10 +42,9 @@ def test_quantize_int4_holds_groups_of_32_as_q4_0_does(n_out: int, n_in: int) ->
     w = torch.randn(n_out, n_in)
     q, scales = native.quantize_int4(w)
     n_pad, groups = native.int4_sizes(n_in)
-    assert n_pad % 64 == 0 and n_pad - 64 < n_in <= n_pad and groups % 8 == 0
+    assert n_pad % 256 == 0 and n_pad - 256 < n_in <= n_pad and groups == n_pad // 32
     assert q.dtype == torch.uint8 and q.shape == (n_out, n_pad // 2)
     assert scales.dtype == torch.float16 and scales.shape == (n_out, groups)
-    assert (scales[:, n_pad // 32 :] == 0).all()  # the padding's scales
     back = _unpack(q, scales, n_pad)
     assert (back[:, n_in:] == 0).all()  # padding weights are 0
     back = back[:, :n_in]
@@ -102,7 +102,7 @@ def test_int4_prompts_multiply_the_dequantized_weights(
 @needs_native
 def test_int4_model_holds_4_bit_blocks_and_an_int8_head(tmp_path: Path) -> None:
     """Block matrices in about half a byte a weight; the embedding (looked up, and the tied
-    head) int8, one scale a row; 48-wide rows are padded to 64 and still decode."""
+    head) int8, one scale a row; 48-wide rows are padded to 256 and still decode."""
     from gpt2cli.model.native import NativeInt4Matrix, NativeInt8Matrix
 
     folder = build_checkpoint(tmp_path / "narrow", n_embd=48, n_head=4)
@@ -110,7 +110,7 @@ def test_int4_model_holds_4_bit_blocks_and_an_int8_head(tmp_path: Path) -> None:
     model = lm.model
     assert lm.precision == "int4"
     fc = model.h[0].mlp.c_fc.matrix
-    assert isinstance(fc, NativeInt4Matrix) and fc.q.shape == (4 * 48, 32)
+    assert isinstance(fc, NativeInt4Matrix) and fc.q.shape == (4 * 48, 128)
     assert isinstance(model.head_matrix, NativeInt8Matrix) and model.wte.dtype == torch.int8
     ref = load_model(folder, device="cpu", dtype="float32").model
     ids = torch.tensor([[1, 2, 3, 4, 5]])

@@ -200,7 +200,7 @@ typedef struct {
     /* int4 (see i4_task): w is (n_out, n_pad / 2) bytes, two weights each */
     const uint16_t *gscale; /* (n_out, ng_pad) float16: each group of 32 weights' scale */
     const float *xgs;       /* (rows, ng_pad): -8 times the sum of xq over each group */
-    int n_pad, ng_pad;      /* n_in rounded up to 64; n_pad / 32 groups rounded up to 8 */
+    int n_pad, ng_pad;      /* n_in rounded up to 256; its n_pad / 32 groups */
 } product;
 
 static void part_range(const product *p, int part, int parts, int *lo, int *hi) {
@@ -505,41 +505,25 @@ __attribute__((target("avx2,avxvnni"))) static void i8_task_vnni(const void *arg
 }
 
 
-/* int4 weights in groups of 32 with a float16 scale each (the format of llama.cpp's Q4_0:
+/* int4 weights in groups of 32 with a float16 scale each (the quantization of llama.cpp's Q4_0:
  * 4.5 bits a weight), int8 activations with a scale per row of x.
  *
- * Layout: each row of W is n_in weights padded to n_pad (a multiple of 64) and stored as n_pad/2
- * bytes; the 64 weights of chunk c are bytes [32c, 32c + 32), byte j holding q[64c + j] in its
- * low nibble and q[64c + 32 + j] in its high one, so that one 32-byte load and two masks give
- * the chunk's two groups in x's order; q in [0, 15], w = (q - 8) * scale. Each group's sum of
- * products is exact in int32 (q as u8 times xq as s8: 15 * 127 * 2 fits vpmaddubsw's int16),
- * then scaled in float32; the -8 of every q is one term per group, -8 * sum(xq) (xgs, computed
- * once per row of x) times the group's scale. */
-
-/* the products of q (u8) and xq (s8) summed 4 at a time, as int32 (vpmaddubsw + vpmaddwd;
- * vpdpbusd, AVX-VNNI, was slower here: GPT-2 small's 48 block matrices 2.13 ms against 2.00 on
- * one Zen 5 core, 1.27 against 1.19 on two) */
-__attribute__((target("avx2"))) static inline __m256i dot4(__m256i q, __m256i xq) {
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(q, xq), _mm256_set1_epi16(1));
-}
-
-/* a chunk's products with 4 (k_n) rows of W into acc[k]: x's 64 values at x, W's bytes at w (row
- * k at w + k * row), the chunk's groups' scales lanes 2c and 2c + 1 of sc[k] */
-__attribute__((target("avx2,fma,f16c"), always_inline)) static inline void
-i4_chunk(__m256 acc[4], const uint8_t *w, size_t row, int k_n, const int8_t *x, const __m256 sc[4],
-         int c) {
-    const __m256i low = _mm256_set1_epi8(0x0f);
-    const __m256i xa = _mm256_loadu_si256((const __m256i *)x);
-    const __m256i xb = _mm256_loadu_si256((const __m256i *)(x + 32));
-    const __m256i ia = _mm256_set1_epi32(2 * c), ib = _mm256_set1_epi32(2 * c + 1);
-    for (int k = 0; k < k_n; k++) {
-        __m256i v = _mm256_loadu_si256((const __m256i *)(w + k * row));
-        __m256 da = _mm256_cvtepi32_ps(dot4(_mm256_and_si256(v, low), xa));
-        __m256 db = _mm256_cvtepi32_ps(dot4(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), xb));
-        acc[k] = _mm256_fmadd_ps(da, _mm256_permutevar8x32_ps(sc[k], ia), acc[k]);
-        acc[k] = _mm256_fmadd_ps(db, _mm256_permutevar8x32_ps(sc[k], ib), acc[k]);
-    }
-}
+ * Layout: each row of W is n_in weights padded to n_pad (a multiple of 256) and stored as
+ * n_pad / 2 bytes, in units of 8 groups (256 weights, 128 bytes) laid out so that a unit's sums
+ * land one group per lane: byte 32L + 4g + t of unit u (load L = 0..3, group g = 0..7, t =
+ * 0..3) holds weight 256u + 32g + 4L + t in its low nibble and weight 256u + 32g + 16 + 4L + t
+ * in its high one; x is laid out to match (quantize_rows_int4: within each unit, word j of
+ * group g of x goes to word g of row j). q in [0, 15], w = (q - 8) * scale. Per unit and row of
+ * W: 4 loads, 8 vpmaddubsw (q as u8 times xq as s8) summed in int16 (8 * 15 * 127 * 2 < 32767:
+ * exact), one vpmaddwd to int32 (lane g: group g's sum), one conversion and one FMA with the 8
+ * groups' scales; the -8 of every q is one term per group, -8 * sum(xq) (xgs, once per row of x)
+ * times the group's scale.
+ *
+ * Why this layout: with each 32-byte load holding whole groups (two a chunk of 64 weights),
+ * every group's int32 sum needed its own conversion, scale broadcast and FMA: GPT-2 small's 48
+ * block matrices took 1.45 ms of arithmetic on one Zen 5 core (weights in cache) and 1.62-1.69
+ * streamed, bound by it from 2 rows of x on (`--samples 4` 1.56x one sample); with one group
+ * per lane 0.91 in cache, 1.28-1.29 streamed (two cores 1.07 -> 0.86), `--samples 4` 1.87x. */
 
 /* int4 rows are short (384 bytes for GPT-2 small's 768 inputs), so the next block of 4 rows is
  * too near to prefetch in time: the prefetches read I4_AHEAD bytes on at least. GPT-2 small's 48
@@ -550,12 +534,26 @@ i4_chunk(__m256 acc[4], const uint8_t *w, size_t row, int k_n, const int8_t *x, 
 #define I4_AHEAD 8192
 #endif
 
+/* one unit's 8 group sums of W row w (128 bytes) with x (256 values, laid out as above) */
+__attribute__((target("avx2"), always_inline)) static inline __m256i i4_unit(const uint8_t *w,
+                                                                            const __m256i *xv) {
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    __m256i s = _mm256_setzero_si256();
+    for (int L = 0; L < 4; L++) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(w + 32 * L));
+        s = _mm256_add_epi16(s, _mm256_maddubs_epi16(_mm256_and_si256(v, low), xv[L]));
+        s = _mm256_add_epi16(
+            s, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), xv[L + 4]));
+    }
+    return _mm256_madd_epi16(s, _mm256_set1_epi16(1));
+}
+
 __attribute__((target("avx2,fma,f16c"))) static void i4_task(const void *args, int part,
                                                              int parts) {
     const product *p = args;
     const uint8_t *W = p->w;
     const size_t row = (size_t)p->n_pad / 2; /* bytes of a row of W */
-    const int ng = p->n_pad / 32, gp = p->ng_pad;
+    const int units = p->n_pad / 256, gp = p->ng_pad;
     int lo, hi;
     part_range(p, part, parts, &lo, &hi);
     for (int o = lo; o < hi; o += 4) {
@@ -572,23 +570,22 @@ __attribute__((target("avx2,fma,f16c"))) static void i4_task(const void *args, i
             const float *gs = p->xgs + (size_t)r * gp;
             __m256 acc[4];
             for (int k = 0; k < 4; k++) acc[k] = _mm256_setzero_ps();
-            for (int g8 = 0; g8 < ng; g8 += 8) {
-                __m256 sc[4];
-                const __m256 gsv = _mm256_loadu_ps(gs + g8);
-                for (int k = 0; k < k_n; k++) {
-                    sc[k] = _mm256_cvtph_ps(
-                        _mm_loadu_si128((const __m128i *)(s0 + (size_t)k * gp + g8)));
-                    acc[k] = _mm256_fmadd_ps(sc[k], gsv, acc[k]);
+            for (int u = 0; u < units; u++) {
+                __m256i xv[8];
+                for (int j = 0; j < 8; j++)
+                    xv[j] = _mm256_loadu_si256((const __m256i *)(xr + 256 * (size_t)u + 32 * j));
+                const __m256 gsv = _mm256_loadu_ps(gs + 8 * u);
+                if (r == 0) {
+                    _mm_prefetch(ahead_s + 4 * 16 * (size_t)u, AHEAD_HINT);
+                    for (int b = 0; b < 512; b += 64)
+                        _mm_prefetch(ahead + 4 * 128 * (size_t)u + b, AHEAD_HINT);
                 }
-                const int chunks = ng - g8 >= 8 ? 4 : (ng - g8) / 2;
-                const size_t at = (size_t)g8 * 16; /* byte of the unit in a row */
-                if (r == 0) _mm_prefetch(ahead_s + 4 * 2 * (size_t)g8, AHEAD_HINT);
-                for (int c = 0; c < chunks; c++) {
-                    if (r == 0) {
-                        _mm_prefetch(ahead + 4 * (at + 32 * c), AHEAD_HINT);
-                        _mm_prefetch(ahead + 4 * (at + 32 * c) + 64, AHEAD_HINT);
-                    }
-                    i4_chunk(acc, w0 + at + 32 * c, row, k_n, xr + 2 * at + 64 * c, sc, c);
+                for (int k = 0; k < k_n; k++) {
+                    __m256 sc = _mm256_cvtph_ps(
+                        _mm_loadu_si128((const __m128i *)(s0 + (size_t)k * gp + 8 * u)));
+                    __m256i sums = i4_unit(w0 + k * row + 128 * (size_t)u, xv);
+                    acc[k] = _mm256_fmadd_ps(sc, gsv, acc[k]);
+                    acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), sc, acc[k]);
                 }
             }
             for (int k = 0; k < k_n; k++) store(p, r, o + k, hsum(acc[k]) * p->xscale[r]);
@@ -601,26 +598,25 @@ __attribute__((target("avx2,fma,f16c"))) static void i4_dequantize_task(const vo
                                                                         int part, int parts) {
     const product *p = args;
     const size_t row = (size_t)p->n_pad / 2;
-    const __m256i low = _mm256_set1_epi8(0x0f);
     int lo, hi;
     part_range(p, part, parts, &lo, &hi);
     for (int o = lo; o < hi; o++) {
         const uint8_t *w = (const uint8_t *)p->w + (size_t)o * row;
         const uint16_t *sc = p->gscale + (size_t)o * p->ng_pad;
         float *y = p->y + (size_t)o * p->n_in;
-        for (int c = 0; c < p->n_pad / 64; c++) {
-            __m256i v = _mm256_loadu_si256((const __m256i *)(w + 32 * c));
-            int8_t q[64];
-            _mm256_storeu_si256((__m256i *)q, _mm256_and_si256(v, low));
-            _mm256_storeu_si256((__m256i *)(q + 32), _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
-            int n = p->n_in - 64 * c < 64 ? p->n_in - 64 * c : 64, j = 0;
-            for (; j + 8 <= n; j += 8) {
-                __m256i v8 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + j)));
-                __m256 f = _mm256_cvtepi32_ps(_mm256_sub_epi32(v8, _mm256_set1_epi32(8)));
-                __m256 d = _mm256_set1_ps(_cvtsh_ss(sc[2 * c + j / 32]));
-                _mm256_storeu_ps(y + 64 * c + j, _mm256_mul_ps(f, d));
+        for (int u = 0; u < p->n_pad / 256; u++) {
+            float unit[256];
+            for (int g = 0; g < 8; g++) {
+                const float d = _cvtsh_ss(sc[8 * u + g]);
+                for (int L = 0; L < 4; L++)
+                    for (int t = 0; t < 4; t++) {
+                        const uint8_t b = w[128 * u + 32 * L + 4 * g + t];
+                        unit[32 * g + 4 * L + t] = (float)((b & 15) - 8) * d;
+                        unit[32 * g + 16 + 4 * L + t] = (float)((b >> 4) - 8) * d;
+                    }
             }
-            for (; j < n; j++) y[64 * c + j] = (float)(q[j] - 8) * _cvtsh_ss(sc[2 * c + j / 32]);
+            const int n = p->n_in - 256 * u < 256 ? p->n_in - 256 * u : 256;
+            memcpy(y + 256 * (size_t)u, unit, sizeof(float) * (size_t)n);
         }
     }
 }
@@ -853,22 +849,28 @@ __attribute__((target("avx2"))) static void quantize_rows(const float *x, int ro
     }
 }
 
-/* x (rows, n) to int8 for int4 products: rows of n_pad (zero past n), and each group of 32's
- * sum times -8 into xgs (rows of ng_pad, zero past the groups) */
+/* x (rows, n) to int8 for int4 products: rows of n_pad laid out as the weights are (within each
+ * unit of 256, word j of group g to word g of row j; zero past n), and each group of 32's sum
+ * times -8 into xgs (rows of ng_pad). spare: 2 * n_pad bytes. */
 __attribute__((target("avx2"))) static void quantize_rows_int4(const float *x, int rows, int n,
                                                                const product *p, int8_t *xq,
                                                                uint8_t *spare, float *xgs,
                                                                float *xscale) {
+    int8_t *plain = (int8_t *)spare;
     for (int r = 0; r < rows; r++) {
+        quantize_rows(x + (size_t)r * n, 1, n, plain, spare + p->n_pad, xscale + r, 0);
+        memset(plain + n, 0, (size_t)(p->n_pad - n));
         int8_t *qr = xq + (size_t)r * p->n_pad;
-        quantize_rows(x + (size_t)r * n, 1, n, qr, spare, xscale + r, 0);
-        memset(qr + n, 0, (size_t)(p->n_pad - n));
         float *gr = xgs + (size_t)r * p->ng_pad;
         for (int g = 0; g < p->ng_pad; g++) {
             int sum = 0;
-            for (int j = 0; g < p->n_pad / 32 && j < 32; j++) sum += qr[32 * g + j];
+            for (int j = 0; j < 32; j++) sum += plain[32 * g + j];
             gr[g] = -8.0f * (float)sum;
         }
+        for (int u = 0; u < p->n_pad / 256; u++)
+            for (int g = 0; g < 8; g++)
+                for (int j = 0; j < 8; j++)
+                    memcpy(qr + 256 * u + 32 * j + 4 * g, plain + 256 * u + 32 * g + 4 * j, 4);
     }
 }
 
@@ -963,8 +965,8 @@ typedef struct {
 } int8_scratch;
 
 /* int4's padded sizes of a row of n_in weights (see i4_task) */
-static int int4_n_pad(int n_in) { return (n_in + 63) & ~63; }
-static int int4_ng_pad(int n_in) { return (int4_n_pad(n_in) / 32 + 7) & ~7; }
+static int int4_n_pad(int n_in) { return (n_in + 255) & ~255; }
+static int int4_ng_pad(int n_in) { return int4_n_pad(n_in) / 32; }
 
 /* y (rows, n_out) = x W^T + bias (or y += that) for int4 W (see i4_task), x quantized into s */
 __attribute__((target("avx2"))) static void matmul_int4(product *p, const float *x,
@@ -1183,9 +1185,10 @@ static PyObject *py_linear_int4(PyObject *self, PyObject *const *args, Py_ssize_
     int rows = (int)a[5], n_out = (int)a[6], n_in = (int)a[7], threads = (int)a[8];
     const int n_pad = int4_n_pad(n_in), ng_pad = int4_ng_pad(n_in);
     size_t xbytes = (size_t)rows * n_pad;
-    int8_t *buf = scratch_of(xbytes + n_pad + sizeof(float) * (size_t)rows * (ng_pad + 1) + 128);
+    int8_t *buf =
+        scratch_of(xbytes + 2 * n_pad + sizeof(float) * (size_t)rows * (ng_pad + 1) + 128);
     if (!buf) return PyErr_NoMemory();
-    float *xscale = (float *)(((uintptr_t)(buf + xbytes + n_pad) + 63) & ~(uintptr_t)63);
+    float *xscale = (float *)(((uintptr_t)(buf + xbytes + 2 * n_pad) + 63) & ~(uintptr_t)63);
     int8_scratch s = {buf, (uint8_t *)buf + xbytes, xscale, xscale + rows};
     product p = {0};
     p.w = (const void *)(intptr_t)a[0];
@@ -1308,7 +1311,8 @@ static PyObject *py_decode_layers(PyObject *self, PyObject *const *args, Py_ssiz
     const int widest = int4_n_pad(inner > C ? inner : C);
     size_t floats = (size_t)rows * (C + 3 * C + C + inner) + rows + (size_t)threads * stride;
     floats += (size_t)rows * int4_ng_pad(widest);
-    size_t bytes = floats * sizeof(float) + 2 * (size_t)rows * widest + 256;
+    /* int8: rows of xq and of xabs; int4: rows of xq and two rows of spare (rows + 1 >= 2) */
+    size_t bytes = floats * sizeof(float) + (2 * (size_t)rows + 1) * widest + 256;
     char *buf = (char *)scratch_of(bytes);
     if (!buf) return PyErr_NoMemory();
     float *h = (float *)(((uintptr_t)buf + 63) & ~(uintptr_t)63);

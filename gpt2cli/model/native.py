@@ -254,31 +254,31 @@ class NativeDenseMatrix:
 
 
 def int4_sizes(n_in: int) -> tuple[int, int]:
-    """How int4 rows of `n_in` weights are held: (n_pad, groups): n_in rounded up to 64 (two
-    groups a 32-byte chunk), and its groups of 32 rounded up to 8 (one vector of scales)."""
-    n_pad = (n_in + 63) // 64 * 64
-    return n_pad, (n_pad // 32 + 7) // 8 * 8
+    """How int4 rows of `n_in` weights are held: (n_pad, groups): n_in rounded up to 256 (a unit
+    of 8 groups, see `quantize_int4`) and its groups of 32."""
+    n_pad = (n_in + 255) // 256 * 256
+    return n_pad, n_pad // 32
 
 
 def quantize_int4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """W (out, in) as int4 in groups of 32 (the format of llama.cpp's Q4_0): (q uint8 (out,
-    n_pad / 2), two weights a byte, scales float16 (out, groups)), w ~ (q - 8) * scale. As Q4_0:
-    each group's value of largest magnitude m gives scale m / -8 (m itself becomes -8, exactly),
-    q = floor(w / scale + 8.5) clamped to [0, 15]. Byte j of each 64-weight chunk c holds weight
-    64c + j in its low nibble and 64c + 32 + j in its high one (the kernel unpacks a chunk with
-    one load and two masks); padding weights are 0 (q = 8), padding scales 0."""
+    """W (out, in) as int4 in groups of 32 (the quantization of llama.cpp's Q4_0): (q uint8
+    (out, n_pad / 2), two weights a byte, scales float16 (out, groups)), w ~ (q - 8) * scale. As
+    Q4_0: each group's value of largest magnitude m gives scale m / -8 (m itself becomes -8,
+    exactly), q = floor(w / scale + 8.5) clamped to [0, 15]. Bytes are laid out for the kernel
+    (`_kernels.c`, i4_task): in each unit of 8 groups (256 weights, 128 bytes), byte 32L + 4g + t
+    holds weight 32g + 4L + t of the unit in its low nibble and 32g + 16 + 4L + t in its high one
+    (L < 4, g < 8, t < 4). Padding weights are 0 (q = 8)."""
     out, n_in = w.shape
     n_pad, groups = int4_sizes(n_in)
-    g = F.pad(w.float(), (0, n_pad - n_in)).view(out, n_pad // 32, 32)
+    g = F.pad(w.float(), (0, n_pad - n_in)).view(out, groups, 32)
     m = g.gather(-1, g.abs().argmax(dim=-1, keepdim=True))
     scale = (m / -8).half()
     d = scale.float()
     inv = torch.where(d != 0, 1 / d, torch.zeros_like(d))
-    q = g.mul(inv).add_(8.5).floor_().clamp_(0, 15).to(torch.uint8).view(out, n_pad // 64, 2, 32)
-    packed = (q[:, :, 0] | (q[:, :, 1] << 4)).view(out, n_pad // 2)
-    scales = torch.zeros(out, groups, dtype=torch.float16)
-    scales[:, : n_pad // 32] = scale.squeeze(-1)
-    return packed, scales
+    q = g.mul(inv).add_(8.5).floor_().clamp_(0, 15).to(torch.uint8)
+    q = q.view(out, n_pad // 256, 8, 2, 4, 4)  # unit, group, half, L, t
+    packed = q[:, :, :, 0] | (q[:, :, :, 1] << 4)  # unit, group, L, t
+    return packed.transpose(2, 3).reshape(out, n_pad // 2), scale.view(out, groups)
 
 
 class NativeInt4Matrix:
