@@ -72,3 +72,23 @@ def threads(request: pytest.FixtureRequest) -> Iterator[int]:
     torch.set_num_threads(request.param)
     yield request.param
     torch.set_num_threads(before)
+
+
+@pytest.fixture(params=["avx-vnni", "avx2"])
+def int8_dot(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Both ways the int8 and int4 kernels sum products: vpdpbusd (AVX-VNNI, where the CPU has
+    it) and AVX2's vpmaddubsw / vpmaddwd."""
+    from gpt2cli.model import native
+    from gpt2cli.model.linear import Layout
+
+    lib = native.kernels()
+    if lib is None:
+        pytest.skip("native kernels not built here")
+    default = lib.set_vnni(1)
+    if request.param == "avx-vnni" and not default:
+        pytest.skip("this CPU has no AVX-VNNI")
+    lib.set_vnni(int(request.param == "avx-vnni"))
+    described = Layout("int8", native=True).describe()
+    assert ("(AVX-VNNI products)" in described) == (request.param == "avx-vnni")  # shown by -v
+    yield request.param
+    lib.set_vnni(1)

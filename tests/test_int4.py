@@ -65,10 +65,10 @@ def test_quantize_int4_holds_groups_of_32_as_q4_0_does(n_out: int, n_in: int) ->
     ("rows", "n_out", "n_in"), [(1, 64, 64), (2, 37, 100), (3, 9, 768), (5, 130, 1600), (16, 4, 64)]
 )
 def test_int4_product_is_exact_over_the_rounded_values(
-    rows: int, n_out: int, n_in: int, threads: int
+    rows: int, n_out: int, n_in: int, threads: int, int8_dot: str
 ) -> None:
-    """The kernel's sums are exact integers per group, scaled in float32: y matches float64 over
-    the int4 weights and the activations rounded to int8, bias added."""
+    """The kernel's sums are exact integers per group (AVX-VNNI or AVX2), scaled in float32: y
+    matches float64 over the int4 weights and the activations rounded to int8, bias added."""
     torch.manual_seed(rows)
     w = torch.randn(n_out, n_in) * 0.05
     matrix = native.NativeInt4Matrix(*native.quantize_int4(w), n_in)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import platform
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,23 +53,6 @@ def _reference(
     sums = xq.double() @ q.double().t()
     y = (sums.float() * scale) * xscale
     return y if bias is None else y + bias
-
-
-@pytest.fixture(params=["avx-vnni", "avx2"])
-def int8_dot(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Both ways the int8 kernel sums products: vpdpbusd (AVX-VNNI, where the CPU has it) and
-    AVX2's vpmaddubsw / vpmaddwd."""
-    lib = native.kernels()
-    if lib is None:
-        pytest.skip("native kernels not built here")
-    default = lib.set_vnni(1)
-    if request.param == "avx-vnni" and not default:
-        pytest.skip("this CPU has no AVX-VNNI")
-    lib.set_vnni(int(request.param == "avx-vnni"))
-    described = Layout("int8", native=True).describe()
-    assert ("(AVX-VNNI products)" in described) == (request.param == "avx-vnni")  # shown by -v
-    yield request.param
-    lib.set_vnni(1)
 
 
 @needs_native

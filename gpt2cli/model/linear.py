@@ -82,15 +82,15 @@ class Layout:
 
     def describe(self) -> str:
         """For --verbose: which kernel multiplies the weights."""
+        lib = native.kernels()
+        dot = " (AVX-VNNI products)" if lib is not None and lib.vnni() else ""
         if self.linear == "int4":
             return (
                 "int4 weights (4-bit, a float16 scale per group of 32, as llama.cpp's Q4_0), "
                 "the token embedding and output head int8 (a scale per row), activations int8 "
-                "(a scale per token), gpt2cli's own AVX2 kernels; float32 elsewhere"
+                f"(a scale per token), gpt2cli's own AVX2 kernels{dot}; float32 elsewhere"
             )
         if self.linear == "int8" and self.native:
-            lib = native.kernels()
-            dot = " (AVX-VNNI products)" if lib is not None and lib.vnni() else ""
             return (
                 "int8 weights (8-bit, a scale per output channel) and activations (a scale per "
                 f"token), gpt2cli's own AVX2 kernels{dot}; float32 elsewhere"
