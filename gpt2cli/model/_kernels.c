@@ -634,13 +634,24 @@ __attribute__((target("avx2,fma,f16c"))) static void i4_dequantize_task(const vo
         for (int u = 0; u < p->n_pad / 256; u++) {
             float unit[256];
             for (int g = 0; g < 8; g++) {
-                const float d = _cvtsh_ss(sc[8 * u + g]);
-                for (int L = 0; L < 4; L++)
-                    for (int t = 0; t < 4; t++) {
-                        const uint8_t b = w[128 * u + 32 * L + 4 * g + t];
-                        unit[32 * g + 4 * L + t] = (float)((b & 15) - 8) * d;
-                        unit[32 * g + 16 + 4 * L + t] = (float)((b >> 4) - 8) * d;
-                    }
+                /* group g's 16 bytes: word L of the group is word g of load L; low nibbles are
+                 * its weights 0-15 in order, high nibbles 16-31 */
+                uint32_t words[4];
+                for (int L = 0; L < 4; L++) memcpy(&words[L], w + 128 * u + 32 * L + 4 * g, 4);
+                const __m128i b = _mm_loadu_si128((const __m128i *)words);
+                const __m128i low = _mm_set1_epi8(0x0f);
+                const __m128i halves[2] = {_mm_and_si128(b, low),
+                                           _mm_and_si128(_mm_srli_epi16(b, 4), low)};
+                const __m256 d = _mm256_set1_ps(_cvtsh_ss(sc[8 * u + g]));
+                const __m256i eight = _mm256_set1_epi32(8);
+                for (int h = 0; h < 2; h++) {
+                    __m256i v0 = _mm256_sub_epi32(_mm256_cvtepu8_epi32(halves[h]), eight);
+                    __m256i v1 = _mm256_sub_epi32(
+                        _mm256_cvtepu8_epi32(_mm_srli_si128(halves[h], 8)), eight);
+                    float *out = unit + 32 * g + 16 * h;
+                    _mm256_storeu_ps(out, _mm256_mul_ps(_mm256_cvtepi32_ps(v0), d));
+                    _mm256_storeu_ps(out + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(v1), d));
+                }
             }
             const int n = p->n_in - 256 * u < 256 ? p->n_in - 256 * u : 256;
             memcpy(y + 256 * (size_t)u, unit, sizeof(float) * (size_t)n);
