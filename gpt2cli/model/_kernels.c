@@ -1,6 +1,7 @@
 /* Matrix products for decoding on x86-64 CPUs with AVX2, FMA and F16C: y = x W^T + b for a few
  * rows of x (float32) against W stored (out, in) as int8 with a scale per output row (`--dtype
- * int8`) or as float32, float16 or bfloat16 (one sequence decoded on the CPU).
+ * int8`), as int4 in groups of 32 with a float16 scale each (`--dtype int4`, see i4_task), or as
+ * float32, float16 or bfloat16 (one sequence decoded on the CPU).
  *
  * Why this exists (measured on 2-core AMD EPYCs, Zen 3 and Zen 5, GPT-2 small's shape, see
  * benchmarks/README.md and gpt2cli/model/native.py): one-token decoding streams every weight

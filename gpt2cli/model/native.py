@@ -1,8 +1,9 @@
 """gpt2cli's own matrix products for decoding: the C extension `_kernels` (built from
-`_kernels.c` at `pip install` where a C compiler is found), for int8 weights (`--dtype int8`)
-and float32, bfloat16 and float16 weights when one sequence is decoded on the CPU. Absent where
-it was not built, the CPU lacks AVX2/FMA/F16C, or `GPT2CLI_NATIVE=0` is set: `linear.py` then
-uses torch's kernels (oneDNN, fbgemm).
+`_kernels.c` at `pip install` where a C compiler is found), for int8 and int4 weights (`--dtype
+int8`, `--dtype int4`, which only these kernels run) and float32, bfloat16 and float16 weights
+when one sequence is decoded on the CPU. Absent where it was not built, the CPU lacks
+AVX2/FMA/F16C, or `GPT2CLI_NATIVE=0` is set: `linear.py` then uses torch's kernels (oneDNN,
+fbgemm), and `--dtype int4` is refused.
 
 Why by hand: one-token decoding streams every weight once per token, and torch's kernels read
 them slower than the machine can. On a 2-core Zen 3 EPYC, fbgemm's int8 product read GPT-2
