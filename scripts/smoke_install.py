@@ -5,8 +5,8 @@
 A fresh virtual environment gets `pip install torch==2.13.0`, then `pip install .` (not editable,
 no extras unless --extra names one), and that environment's `gpt2` runs on a tiny checkpoint
 built by the tests' own builder: generate (argument, piped stdin, --json, --context-shift,
---dtype int8 and bfloat16), score (short and long texts), repl on piped stdin, batch over a file
-of prompts (and, without the [ray] extra, `batch --ray` giving the install command), a
+--dtype int8, bfloat16 and int4), score (short and long texts), repl on piped stdin, batch over
+a file of prompts (and, without the [ray] extra, `batch --ray` giving the install command), a
 fine-tune's own files, download from a fake Hub on 127.0.0.1, then generate offline. Then
 `gpt2 serve`: without the serve extra it must give the install hint; the extra is then added
 (`pip install ".[serve]"`, as a user would) and the server must answer /health and a completion
@@ -203,6 +203,22 @@ def check(venv: Path, home: Path, extra: str | None = None) -> None:
         assert json.loads(out.stdout)["completion_tokens"] >= 1, out.stdout
         assert "deprecated" not in out.stderr and "Warning" not in out.stderr, out.stderr
         print(f"  --dtype {dtype} -v -> {out.stderr.splitlines()[0]!r}", flush=True)
+    # int4 runs only on gpt2cli's own kernels (compiled at install where a C compiler is found)
+    probe = "from gpt2cli.model import native; print(native.available())"
+    built = (
+        subprocess.run(
+            [str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True, env=env
+        ).stdout.strip()
+        == "True"
+    )
+    args = ("-m", m, "--dtype", "int4", "-v", "--json", "-n", "5", "Hi")
+    out = gpt2(venv, env, "generate", *args, expect=0 if built else 2)
+    if built:
+        assert json.loads(out.stdout)["completion_tokens"] >= 1, out.stdout
+        assert "int4 weights (4-bit" in out.stderr, out.stderr
+    else:
+        assert "int4 needs gpt2cli's own kernels" in out.stderr, out.stderr
+    print(f"  --dtype int4 -v -> {out.stderr.splitlines()[0]!r}", flush=True)
     out = gpt2(venv, env, "repl", "-m", m, "-n", "5", stdin="Hello\n/set temperature 0\nWorld\n")
     assert len(out.stdout.strip().splitlines()) >= 1, "repl printed nothing"
     check_batch(venv, env, home, m, extra)
