@@ -3,7 +3,6 @@ format), multiplied by gpt2cli's own kernels; the token embedding and output hea
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -143,18 +142,6 @@ def test_int4_is_cpu_only_and_needs_the_kernels(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(native, "available", lambda: False)
     with pytest.raises(ParamError, match="int4 needs gpt2cli's own kernels"):
         pick_dtype("int4", torch.device("cpu"))
-
-
-@needs_native
-def test_generate_dtype_int4_from_the_shell(tiny_checkpoint: Path) -> None:
-    proc = gpt2(
-        "generate", "-m", str(tiny_checkpoint), "--dtype", "int4", "-n", "8", "-s", "1",
-        "--json", "-v", "Hello",
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["completion_tokens"] >= 1
-    assert "int4 weights (4-bit, a float16 scale per group of 32" in proc.stderr
-    assert "decoding attends by gpt2cli's kernel" in proc.stderr
 
 
 def test_int4_without_the_kernels_is_a_usage_error(tiny_checkpoint: Path) -> None:

@@ -110,13 +110,18 @@ def test_int8_is_cpu_only() -> None:
         pick_dtype("int8", torch.device("cuda"))
 
 
-def test_generate_dtype_int8_from_the_shell(tiny_checkpoint: Path) -> None:
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_generate_quantized_dtype_from_the_shell(tiny_checkpoint: Path, dtype: str) -> None:
+    if dtype == "int4" and not native.available():
+        pytest.skip("int4 runs on gpt2cli's own kernels only (tests/test_int4.py: the error)")
     proc = gpt2(
-        "generate", "-m", str(tiny_checkpoint), "--dtype", "int8", "-n", "8", "-s", "1",
+        "generate", "-m", str(tiny_checkpoint), "--dtype", dtype, "-n", "8", "-s", "1",
         "--json", "-v", "Hello",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["completion_tokens"] >= 1
     kernel = "gpt2cli's own AVX2 kernels" if native.available() else "fbgemm int8 weights"
     assert kernel in proc.stderr
+    if dtype == "int4":
+        assert "int4 weights (4-bit, a float16 scale per group of 32" in proc.stderr
     assert "deprecated" not in proc.stderr and "Warning" not in proc.stderr
