@@ -285,13 +285,17 @@ def quantize_int4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class NativeInt4Matrix:
     """x (..., in) float32 -> x W^T (..., out) float32 for int4 W (`quantize_int4`): up to
     MAX_ROWS rows of x by the kernel (each row quantized to int8, exact integer sums per group
-    scaled in float32); more (a prompt) by oneDNN on float32 blocks of W (`dequantize`).
+    scaled in float32); more (a prompt) by oneDNN on blocks of W made float32 (`dequantize`),
+    multiplied in `prompt_dtype`.
 
-    Why int4 by hand: torch's 4-bit CPU kernels (`_weight_int4pack_mm_for_cpu`) were slower than
-    fbgemm's int8 at batch 1 on the 2-core Zen 5 (benchmarks/README.md), so slower than int8 here,
-    while llama.cpp's Q4_0 decodes GPT-2 small as fast as our int8 does."""
+    Why int4 by hand: torch's 4-bit CPU kernel (`_weight_int4pack_mm_for_cpu`) was slower than
+    fbgemm's int8 at batch 1 (benchmarks/README.md), so slower than our int8, while llama.cpp's
+    Q4_0 decoded GPT-2 small as fast as our int8 (2-core Zen 5, 230 / 308 tok/s on 1 / 2
+    threads against 230 / 312)."""
 
-    MAX_ROWS = 16
+    # GPT-2 small's 48 block matrices, 2 threads, Zen 5 (kernel / dequantized blocks by oneDNN in
+    # bfloat16, ms): 8 rows 3.1 / 15.8, 16 rows 5.9 / 16.3, 32 rows 11.7 / 17.6
+    MAX_ROWS = 32
 
     def __init__(
         self,
