@@ -26,7 +26,8 @@ from gpt2cli.text.tokenizer import Tokenizer
 from gpt2cli.types import DTYPES, GenerationDefaults, LoadOptions
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-assert set(TORCH_DTYPES) == set(DTYPES) - {"auto", "int8", "int4"}
+QUANTIZED = ("int8", "int4")  # weights in fewer bits, float32 activations
+assert set(TORCH_DTYPES) == set(DTYPES) - {"auto", *QUANTIZED}
 
 
 @dataclass
@@ -121,18 +122,16 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
-    if name == "int8":
+    if name in QUANTIZED:
         if device.type != "cpu":
-            raise ParamError("dtype", f"int8 runs on the CPU only (use --device cpu), not {device}")
-        if not (native.available() or fbgemm_available()):
+            raise ParamError(
+                "dtype", f"{name} runs on the CPU only (use --device cpu), not {device}"
+            )
+        if name == "int8" and not (native.available() or fbgemm_available()):
             raise ParamError(
                 "dtype", "int8 needs an x86 CPU (gpt2cli's AVX2 kernels or torch's fbgemm)"
             )
-        return torch.float32
-    if name == "int4":
-        if device.type != "cpu":
-            raise ParamError("dtype", f"int4 runs on the CPU only (use --device cpu), not {device}")
-        if not native.available():
+        if name == "int4" and not native.available():
             raise ParamError(
                 "dtype",
                 "int4 needs gpt2cli's own kernels, which do not run here (an x86-64 CPU with "
@@ -186,7 +185,7 @@ def load_folder(folder: Path, options: LoadOptions) -> LoadedModel:
         torch.set_num_threads(threads)
     dev = pick_device(options.device)
     dt = pick_dtype(options.dtype, dev)
-    quantized = options.dtype.lower() if options.dtype.lower() in ("int8", "int4") else ""
+    quantized = options.dtype.lower() if options.dtype.lower() in QUANTIZED else ""
     layout = choose_layout(
         dev, dt, int8=quantized == "int8", rows=options.batch, int4=quantized == "int4"
     )
