@@ -76,19 +76,32 @@ def threads(request: pytest.FixtureRequest) -> Iterator[int]:
 
 @pytest.fixture(params=["avx-vnni", "avx2"])
 def int8_dot(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Both ways the int8 and int4 kernels sum products: vpdpbusd (AVX-VNNI, where the CPU has
-    it) and AVX2's vpmaddubsw / vpmaddwd."""
+    """Both ways the int8 kernels sum products: vpdpbusd (AVX-VNNI, where the CPU has it) and
+    AVX2's vpmaddubsw / vpmaddwd."""
+    yield from _products(request.param)
+
+
+@pytest.fixture(params=["avx512-vnni", "avx512-no-avx-vnni", "avx-vnni", "avx2"])
+def int4_dot(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every way the int4 kernels sum products: AVX-512 VNNI (where the CPU has it; several
+    rows of x, or every row where the CPU has no AVX-VNNI, as Zen 4), AVX-VNNI, AVX2."""
+    yield from _products(request.param)
+
+
+def _products(kind: str) -> Iterator[str]:
     from gpt2cli.model import native
     from gpt2cli.model.linear import Layout
 
     lib = native.kernels()
     if lib is None:
         pytest.skip("native kernels not built here")
-    default = lib.set_vnni(1)
-    if request.param == "avx-vnni" and not default:
-        pytest.skip("this CPU has no AVX-VNNI")
-    lib.set_vnni(int(request.param == "avx-vnni"))
+    vnni, avx512 = lib.set_vnni(1), lib.set_avx512(1)
+    if (kind == "avx-vnni" and not vnni) or (kind.startswith("avx512") and not avx512):
+        pytest.skip(f"this CPU has no {kind.split('-')[0].upper()} VNNI")
+    lib.set_vnni(int(kind in ("avx-vnni", "avx512-vnni")))
+    lib.set_avx512(int(kind.startswith("avx512")))
     described = Layout("int8", native=True).describe()
-    assert ("(AVX-VNNI products)" in described) == (request.param == "avx-vnni")  # shown by -v
-    yield request.param
+    assert ("(AVX-VNNI products)" in described) == (kind in ("avx-vnni", "avx512-vnni"))  # -v
+    yield kind
     lib.set_vnni(1)
+    lib.set_avx512(1)

@@ -621,6 +621,101 @@ __attribute__((target("avx2,fma,f16c,avxvnni"))) static void i4_task_vnni(const 
     i4_rows(args, part, parts, i4_unit_vnni);
 }
 
+/* AVX-512 with VNNI, for several rows of x: one 64-byte load holds two of a unit's four loads,
+ * so a unit of a row of W takes 2 loads and 6 ops to unpack, once for up to 4 rows of x, then 4
+ * vpdpbusd a row of x (the two halves' int32 sums added before the scales: the same sums, the
+ * same float operations in the same order as i4_rows, so the same results). kn rows of W (1 or
+ * 4) against nr rows of x (1-4): constants in each call, so that the kn * nr accumulators stay
+ * in registers. */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"),
+               always_inline)) static inline void
+i4_block512(const product *p, int o, const int kn, int r0, const int nr, const char *ahead,
+            const char *ahead_s) {
+    const __m512i low = _mm512_set1_epi8(0x0f);
+    const size_t row = (size_t)p->n_pad / 2;
+    const int units = p->n_pad / 256, gp = p->ng_pad;
+    const uint8_t *w = (const uint8_t *)p->w + (size_t)o * row;
+    const uint16_t *sc = p->gscale + (size_t)o * gp;
+    const int8_t *x[4];
+    const float *gs[4];
+    __m256 acc[4][4];
+    for (int r = 0; r < nr; r++) {
+        x[r] = p->xq + (size_t)(r0 + r) * p->n_pad;
+        gs[r] = p->xgs + (size_t)(r0 + r) * gp;
+        for (int k = 0; k < kn; k++) acc[k][r] = _mm256_setzero_ps();
+    }
+    for (int u = 0; u < units; u++) {
+        if (ahead) { /* as in i4_rows */
+            _mm_prefetch(ahead_s + 4 * 16 * (size_t)u, AHEAD_HINT);
+            for (int b = 0; b < 512; b += 64)
+                _mm_prefetch(ahead + 4 * 128 * (size_t)u + b, AHEAD_HINT);
+        }
+        for (int k = 0; k < kn; k++) {
+            const uint8_t *wu = w + k * row + 128 * (size_t)u;
+            const __m512i v0 = _mm512_loadu_si512(wu), v1 = _mm512_loadu_si512(wu + 64);
+            const __m512i l0 = _mm512_and_si512(v0, low), l1 = _mm512_and_si512(v1, low);
+            const __m512i h0 = _mm512_and_si512(_mm512_srli_epi16(v0, 4), low);
+            const __m512i h1 = _mm512_and_si512(_mm512_srli_epi16(v1, 4), low);
+            const __m256 s =
+                _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + k * (size_t)gp + 8 * u)));
+            for (int r = 0; r < nr; r++) {
+                /* x's words for loads 0-1 (low nibbles), 2-3, then 4-5 and 6-7 (high) */
+                const int8_t *xu = x[r] + 256 * (size_t)u;
+                __m512i a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), l0, _mm512_loadu_si512(xu));
+                __m512i b =
+                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), l1, _mm512_loadu_si512(xu + 64));
+                a = _mm512_dpbusd_epi32(a, h0, _mm512_loadu_si512(xu + 128));
+                b = _mm512_dpbusd_epi32(b, h1, _mm512_loadu_si512(xu + 192));
+                a = _mm512_add_epi32(a, b);
+                const __m256i sums =
+                    _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64(a, 1));
+                acc[k][r] = _mm256_fmadd_ps(s, _mm256_loadu_ps(gs[r] + 8 * u), acc[k][r]);
+                acc[k][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), s, acc[k][r]);
+            }
+        }
+    }
+    for (int r = 0; r < nr; r++)
+        for (int k = 0; k < kn; k++) store(p, r0 + r, o + k, hsum(acc[k][r]) * p->xscale[r0 + r]);
+}
+
+#define I4_BLOCK512(kn)                                                                           \
+    switch (nr) {                                                                                 \
+    case 1: i4_block512(p, o, kn, r0, 1, a, as); break;                                           \
+    case 2: i4_block512(p, o, kn, r0, 2, a, as); break;                                           \
+    case 3: i4_block512(p, o, kn, r0, 3, a, as); break;                                           \
+    default: i4_block512(p, o, kn, r0, 4, a, as); break;                                          \
+    }
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"))) static void
+i4_task512(const void *args, int part, int parts) {
+    const product *p = args;
+    const size_t row = (size_t)p->n_pad / 2;
+    const int gp = p->ng_pad;
+    int lo, hi;
+    part_range(p, part, parts, &lo, &hi);
+    for (int o = lo; o < hi; o += 4) {
+        const size_t skip = (I4_AHEAD + 4 * row - 1) / (4 * row); /* as in i4_rows */
+        const char *ahead = (const char *)p->w + ((size_t)o + 4 * skip) * row;
+        const char *as = (const char *)(p->gscale + (size_t)o * gp + 4 * (size_t)gp * skip);
+        for (int r0 = 0; r0 < p->rows; r0 += 4) {
+            const int nr = p->rows - r0 < 4 ? p->rows - r0 : 4;
+            const char *a = r0 == 0 ? ahead : NULL;
+            if (hi - o >= 4) {
+                I4_BLOCK512(4)
+            } else {
+                for (int k = o; k < hi; k++, a = NULL) {
+                    const int o_ = o;
+                    o = k;
+                    I4_BLOCK512(1)
+                    o = o_;
+                }
+            }
+        }
+    }
+}
+
+#undef I4_BLOCK512
+
 /* W's rows [lo, hi) of the part as float32 (rows of n_in, the padding dropped) into y */
 __attribute__((target("avx2,fma,f16c"))) static void i4_dequantize_task(const void *args,
                                                                         int part, int parts) {
@@ -840,6 +935,19 @@ static int has_vnni(void) {
     return vnni;
 }
 
+static int avx512 = -1; /* -1: not yet asked */
+
+static int cpu_avx512(void) {
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+}
+
+/* int4 products on 512-bit vectors (i4_task512) */
+static int has_avx512(void) {
+    if (avx512 < 0) avx512 = cpu_avx512();
+    return avx512;
+}
+
 /* Each row of x to int8 by its largest magnitude: xq = round(x * 127 / max|x|) (to nearest,
  * ties to even, as torch.round), xabs = |xq| (biased: xq + 128), xscale = max|x| / 127. */
 __attribute__((target("avx2"))) static void quantize_rows(const float *x, int rows, int n,
@@ -1016,7 +1124,11 @@ __attribute__((target("avx2"))) static void matmul_int4(product *p, const float 
     p->xq = s.xq;
     p->xgs = s.xgs;
     p->xscale = s.xscale;
-    run_parallel(has_vnni() ? i4_task_vnni : i4_task, p, threads);
+    /* one row of x on 256-bit VNNI where the CPU has it: bound by memory, i4_task512 was level
+     * (GPT-2 small's block matrices 1.43-1.60 against 1.55-1.75 ms on one Zen 5 core, medium's
+     * 4.5-4.7 against 4.1-4.4 on two) */
+    const int wide = has_avx512() && (p->rows > 1 || !has_vnni());
+    run_parallel(wide ? i4_task512 : has_vnni() ? i4_task_vnni : i4_task, p, threads);
 }
 
 /* y (rows, n_out) = x (rows, n_in) W^T + b, or y += that with `accumulate` */
@@ -1127,6 +1239,31 @@ static PyObject *py_vnni(PyObject *self, PyObject *unused) {
     (void)self, (void)unused;
 #if GPT2_NATIVE
     return PyBool_FromLong(has_vnni());
+#else
+    Py_RETURN_FALSE;
+#endif
+}
+
+/* set_avx512(on) -> bool: whether int4 products use AVX-512 with VNNI (where the CPU has it; on
+ * by default there), else the 256-bit kernels that set_vnni picks; the result says which. */
+static PyObject *py_set_avx512(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    long long a[1];
+    if (ints(args, nargs, 1, a)) return NULL;
+#if GPT2_NATIVE
+    __builtin_cpu_init();
+    avx512 = a[0] && cpu_avx512();
+    return PyBool_FromLong(avx512);
+#else
+    Py_RETURN_FALSE;
+#endif
+}
+
+/* avx512() -> bool: whether int4 products use AVX-512 with VNNI now. */
+static PyObject *py_avx512(PyObject *self, PyObject *unused) {
+    (void)self, (void)unused;
+#if GPT2_NATIVE
+    return PyBool_FromLong(has_avx512());
 #else
     Py_RETURN_FALSE;
 #endif
@@ -1403,6 +1540,9 @@ static PyMethodDef methods[] = {
     {"use_openmp", (PyCFunction)(void (*)(void))py_use_openmp, METH_FASTCALL,
      "Run on torch's OpenMP runtime."},
     {"vnni", py_vnni, METH_NOARGS, "Whether int8 products use AVX-VNNI."},
+    {"avx512", py_avx512, METH_NOARGS, "Whether int4 products use AVX-512 VNNI."},
+    {"set_avx512", (PyCFunction)(void (*)(void))py_set_avx512, METH_FASTCALL,
+     "int4 products with AVX-512 VNNI (where the CPU has it) or not."},
     {"set_vnni", (PyCFunction)(void (*)(void))py_set_vnni, METH_FASTCALL,
      "int8 products with AVX-VNNI (where the CPU has it) or not."},
     {"set_spin_us", (PyCFunction)(void (*)(void))py_set_spin_us, METH_FASTCALL,
