@@ -74,17 +74,11 @@ def threads(request: pytest.FixtureRequest) -> Iterator[int]:
     torch.set_num_threads(before)
 
 
-@pytest.fixture(params=["avx-vnni", "avx2"])
-def int8_dot(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Both ways the int8 kernels sum products: vpdpbusd (AVX-VNNI, where the CPU has it) and
-    AVX2's vpmaddubsw / vpmaddwd."""
-    yield from _products(request.param)
-
-
 @pytest.fixture(params=["avx512-vnni", "avx512-no-avx-vnni", "avx-vnni", "avx2"])
-def int4_dot(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Every way the int4 kernels sum products: AVX-512 VNNI (where the CPU has it; several
-    rows of x, or every row where the CPU has no AVX-VNNI, as Zen 4), AVX-VNNI, AVX2."""
+def int_dot(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every way the int8 and int4 kernels sum products: AVX-512 VNNI (where the CPU has it;
+    for several rows of x, or every row where the CPU has no AVX-VNNI, as Zen 4), AVX-VNNI's
+    vpdpbusd, AVX2's vpmaddubsw / vpmaddwd."""
     yield from _products(request.param)
 
 
@@ -100,8 +94,9 @@ def _products(kind: str) -> Iterator[str]:
         pytest.skip(f"this CPU has no {kind.split('-')[0].upper()} VNNI")
     lib.set_vnni(int(kind in ("avx-vnni", "avx512-vnni")))
     lib.set_avx512(int(kind.startswith("avx512")))
-    described = Layout("int8", native=True).describe()
-    assert ("(AVX-VNNI products)" in described) == (kind in ("avx-vnni", "avx512-vnni"))  # -v
+    described = Layout("int8", native=True).describe()  # what -v shows
+    assert ("(AVX-VNNI products" in described) == (kind in ("avx-vnni", "avx512-vnni"))
+    assert ("AVX-512 VNNI" in described) == kind.startswith("avx512")
     yield kind
     lib.set_vnni(1)
     lib.set_avx512(1)

@@ -56,12 +56,42 @@ def _reference(
 
 
 @needs_native
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+@pytest.mark.parametrize("rows", [1, 3, 8])
+def test_integer_products_are_the_same_numbers_on_every_instruction_set(
+    kind: str, rows: int
+) -> None:
+    """AVX-512 VNNI, AVX-VNNI and AVX2 sum the same integers and scale them in the same order,
+    so a model decodes alike wherever it runs (the kernels say so; this holds them to it)."""
+    lib = native.kernels()
+    assert lib is not None
+    torch.manual_seed(rows)
+    w = torch.randn(70, 1000) * 0.05
+    if kind == "int8":
+        matrix = native.NativeInt8Matrix(*quantize_rows(w, 127))
+    else:
+        matrix = native.NativeInt4Matrix(*native.quantize_int4(w), 1000)
+    x = torch.randn(rows, 1000)
+    results = []
+    try:
+        for vnni, avx512 in ((1, 1), (0, 1), (1, 0), (0, 0)):
+            lib.set_vnni(vnni)
+            lib.set_avx512(avx512)
+            results.append(matrix(x))
+    finally:
+        lib.set_vnni(1)
+        lib.set_avx512(1)
+    for other in results[1:]:
+        assert torch.equal(other, results[0])
+
+
+@needs_native
 @pytest.mark.parametrize(
     ("rows", "n_out", "n_in"),
     [(1, 64, 64), (2, 1000, 64), (3, 37, 96), (5, 17, 50), (70, 130, 3072), (1, 5, 3)],
 )
 def test_int8_product_is_the_integer_arithmetic(
-    rows: int, n_out: int, n_in: int, threads: int, int8_dot: str
+    rows: int, n_out: int, n_in: int, threads: int, int_dot: str
 ) -> None:
     torch.manual_seed(rows * 1000 + n_out)
     w = torch.randn(n_out, n_in)

@@ -85,10 +85,10 @@ class Layout:
         lib = native.kernels()
         vnni = lib is not None and lib.vnni()
         dot = " (AVX-VNNI products)" if vnni else ""
+        if lib is not None and lib.avx512():
+            wide = "AVX-512 VNNI for several rows" if vnni else "AVX-512 VNNI products"
+            dot = f" ({'AVX-VNNI products, ' if vnni else ''}{wide})"
         if self.linear == "int4":
-            if lib is not None and lib.avx512():
-                wide = "AVX-512 VNNI for several rows" if vnni else "AVX-512 VNNI products"
-                dot = f" ({'AVX-VNNI products, ' if vnni else ''}{wide})"
             return (
                 "int4 weights (4-bit, a float16 scale per group of 32, as llama.cpp's Q4_0), "
                 "the token embedding and output head int8 (a scale per row), activations int8 "
