@@ -14,6 +14,10 @@ scaled by 1 / sqrt(2 n_layer)) at weight scales --stds: at 0.02, GPT-2's own, th
 change the embedding and every precision agrees; larger scales make the layers matter more.
 None of them is a trained model, whose peaked distributions make top-1 agreement higher.
 
+int8 and int4 weights decode over an int8 key/value cache (a scale per head and position); the
+logits here are computed over it as decoding reads it (stored, rounded). --kv-float16 also
+measures them over a float16 cache, which is what the int8 cache's own rounding costs.
+
 --llama also measures llama.cpp on the same weights (its GGUF conversions, --llama-types: F32,
 a check of the comparison itself, and the quantized types int8 and int4 stand beside, Q8_0 and
 Q4_0) against the same float32 reference (gpt2cli's float32, which matches transformers').
@@ -63,11 +67,17 @@ def scaled_checkpoint(shape: str, std: float) -> Path:
     return folder
 
 
-def logits(folder: Path, dtype: str, ids):
+def logits(folder: Path, dtype: str, ids, kv=None):
+    """Every position's logits over a cache of `kv` (None: the one the model chooses)."""
     from gpt2cli import load_model
+    from gpt2cli.model.gpt2 import KVCache
 
     lm = load_model(folder, device="cpu", dtype=dtype)
-    return lm.model(ids, lm.model.new_cache(ROWS), all_logits=True).reshape(ids.numel(), -1)
+    model = lm.model
+    cache = (
+        model.new_cache(ROWS) if kv is None else KVCache(model.config, ROWS, model.wpe.device, kv)
+    )
+    return model(ids, cache, all_logits=True).reshape(ids.numel(), -1)
 
 
 def llama_logits(shape: str, folder: Path, outtype: str, ids):
@@ -104,6 +114,9 @@ def main() -> None:
     ap.add_argument("--json", metavar="PATH")
     ap.add_argument("--llama", action="store_true", help="also llama.cpp on the same weights")
     ap.add_argument("--llama-types", default="f32,q8_0,q4_0")
+    ap.add_argument(
+        "--kv-float16", action="store_true", help="int8 / int4 over a float16 cache too"
+    )
     args = ap.parse_args()
     import torch
     from tokenizers import Tokenizer
@@ -123,6 +136,10 @@ def main() -> None:
             row = {"shape": args.shape, "weights": kind, "dtype": dtype, "positions": ids.numel()}
             results.append(row | compare(logits(folder, dtype, ids), ref))
             print(json.dumps(results[-1]), flush=True)
+            if args.kv_float16 and dtype in ("int8", "int4"):
+                row = row | {"dtype": f"{dtype}, float16 cache"}
+                results.append(row | compare(logits(folder, dtype, ids, torch.float16), ref))
+                print(json.dumps(results[-1]), flush=True)
         for outtype in args.llama_types.split(",") if args.llama else []:
             theirs = llama_logits(args.shape, folder, outtype, ids)
             if theirs is None:

@@ -228,7 +228,7 @@ static inline void store(const product *p, int r, int o, float v) {
 /* float32, float16 or bfloat16 weights, float32 activations and sums. One loop for the three,
  * specialised by the compiler for each (`kind` is a constant in each caller). */
 
-enum { W_F32, W_F16, W_BF16 };
+enum { W_F32, W_F16, W_BF16, W_I8 }; /* W_I8: the key/value cache only */
 
 __attribute__((target("avx2,fma"))) static inline float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -248,6 +248,8 @@ __attribute__((target("avx2"))) static inline float hmax(__m256 v) {
 __attribute__((target("avx2,fma,f16c"))) static inline __m256 load8(const void *w, size_t i,
                                                                     int kind) {
     if (kind == W_F32) return _mm256_loadu_ps((const float *)w + i);
+    if (kind == W_I8)
+        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)w + i))));
     __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + i));
     if (kind == W_F16) return _mm256_cvtph_ps(h);
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); /* bfloat16 */
@@ -844,7 +846,10 @@ __attribute__((target("avx2,fma,f16c"))) static void i4_dequantize_task(const vo
  * Attention of one new token per row over its cached keys and values (decoding). Each part of a
  * task owns some (row, head) pairs: it writes the pair's new key and value into the cache at the
  * row's position, scores the query against keys [0, position], takes the softmax and sums the
- * values it weights. The cache holds float32 or float16 (kind W_F32 / W_F16).
+ * values it weights. The cache holds float32, float16 or int8 (kind W_F32 / W_F16 / W_I8); int8
+ * keys and values with a float32 scale each (a head's vector at a position): its largest
+ * magnitude / 127, the values rounded to nearest (ties to even) after dividing by it, as
+ * `KVCache` rounds them in torch, so both write the same bytes.
  * ------------------------------------------------------------------------------------------- */
 
 typedef struct {
@@ -853,6 +858,8 @@ typedef struct {
     char *k, *v; /* the layer's cache: row b, head h, position t, element i at
                   * b * bstride + h * hstride + t * hd + i elements */
     long bstride, hstride;
+    float *ks, *vs; /* int8: the scales, row b, head h, position t at (b * bstride + h * hstride)
+                     * / hd + t */
     const int64_t *positions; /* (batch,), or NULL: every row at `position` */
     long position;
     float *y; /* (batch, heads * hd): each row's heads side by side */
@@ -903,6 +910,28 @@ __attribute__((target("avx2,fma,f16c"))) static inline void put8(void *w, size_t
                          _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
 
+/* hd float32 values as int8 at dst (hd a multiple of 8); returns their scale (see attention) */
+__attribute__((target("avx2,fma,f16c"))) static inline float put_i8(int8_t *dst, const float *x,
+                                                                    int hd) {
+    const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 m = _mm256_setzero_ps();
+    for (int j = 0; j < hd; j += 8) m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(x + j), magnitude));
+    const float scale = hmax(m) / 127.0f;
+    if (!(scale > 0)) { /* all zero (or tiny): zeros */
+        memset(dst, 0, (size_t)hd);
+        return 0.0f;
+    }
+    const __m256 s = _mm256_set1_ps(scale);
+    for (int j = 0; j < hd; j += 8) {
+        __m256 v = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x + j), s),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m256i i = _mm256_cvtps_epi32(v);
+        __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+        _mm_storel_epi64((__m128i *)(dst + j), _mm_packs_epi16(w, w));
+    }
+    return scale;
+}
+
 #define MAX_HD 256 /* head sizes up to this, multiples of 8 (GPT-2's are 64) */
 /* cached keys and values are prefetched KV_AHEAD positions ahead of the loops that read them:
  * 12 layers over 925 float16 positions (GPT-2 small, 2 threads, Zen 5, caches cold) took
@@ -914,10 +943,94 @@ __attribute__((target("avx2,fma,f16c"))) static inline void put8(void *w, size_t
 #ifndef KV_HINT
 #define KV_HINT _MM_HINT_T0
 #endif
+#ifndef KV_AHEAD_I8 /* positions of an int8 cache (as many bytes on as KV_AHEAD float32 ones) */
+#define KV_AHEAD_I8 64
+#endif
+
+/* the scores s[0, L) as softmax weights, unnormalised (e^(s - m), m their maximum); their sum */
+__attribute__((target("avx2,fma"), always_inline)) static inline float softmax_weights(float *s,
+                                                                                     int L,
+                                                                                     float m) {
+    const __m256 vm = _mm256_set1_ps(m);
+    __m256 vsum = _mm256_setzero_ps();
+    int t = 0;
+    for (; t + 8 <= L; t += 8) {
+        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + t), vm));
+        _mm256_storeu_ps(s + t, e);
+        vsum = _mm256_add_ps(vsum, e);
+    }
+    float sum = hsum(vsum);
+    for (; t < L; t++) {
+        s[t] = expf(s[t] - m);
+        sum += s[t];
+    }
+    return sum;
+}
+
+/* 16 int8 values at p as float32 */
+__attribute__((target("avx512f,avx512bw,avx512vl"), always_inline)) static inline __m512
+int8x16(const int8_t *p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+}
+
+/* attend_pair over an int8 cache on 512-bit vectors, for head sizes that are multiples of 16:
+ * converting int8 to float32 bound the 256-bit loop (12 layers over 925 positions of GPT-2
+ * small, caches cold, 2 Zen 5 cores: 0.61-0.64 ms, on 512-bit vectors 0.51-0.54 with the
+ * prefetches 64 positions ahead (32: 0.54, 128: 0.58), over float16 0.70; one core 1.03-1.05,
+ * 0.83, 1.29-1.39) */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c"), always_inline)) static inline void
+attend_pair_i8_512(const attention *a, int b, int h, float *s, int hd) {
+    const long pos = a->positions ? a->positions[b] : a->position;
+    const int L = (int)pos + 1, C = a->heads * hd, n16 = hd / 16;
+    const float *q = a->qkv + b * a->qkv_stride + (long)h * hd;
+    const long base = b * a->bstride + h * a->hstride;
+    int8_t *K = (int8_t *)a->k + base, *V = (int8_t *)a->v + base;
+    const float *ks = a->ks + base / hd, *vs = a->vs + base / hd;
+    a->ks[base / hd + pos] = put_i8(K + pos * hd, q + C, hd);
+    a->vs[base / hd + pos] = put_i8(V + pos * hd, q + 2 * C, hd);
+    __m512 qv[MAX_HD / 16], acc[MAX_HD / 16];
+    for (int j = 0; j < n16; j++) qv[j] = _mm512_mul_ps(_mm512_loadu_ps(q + 16 * j), _mm512_set1_ps(a->scale));
+    int t = 0;
+    __m256 vmax = _mm256_set1_ps(-INFINITY);
+    for (; t + 8 <= L; t += 8) {
+        const int8_t *k0 = K + (long)t * hd;
+        for (int c = 0; c < 8 * hd; c += 64) _mm_prefetch((const char *)k0 + KV_AHEAD_I8 * hd + c, KV_HINT);
+        __m256 d[8];
+        for (int u = 0; u < 8; u++) {
+            __m512 x = _mm512_mul_ps(int8x16(k0 + u * hd), qv[0]);
+            for (int j = 1; j < n16; j++) x = _mm512_fmadd_ps(int8x16(k0 + u * hd + 16 * j), qv[j], x);
+            d[u] = _mm256_add_ps(_mm512_castps512_ps256(x),
+                                 _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
+        }
+        __m256 sv = _mm256_mul_ps(hsum8(d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]),
+                                  _mm256_loadu_ps(ks + t));
+        _mm256_storeu_ps(s + t, sv);
+        vmax = _mm256_max_ps(vmax, sv);
+    }
+    float m = hmax(vmax);
+    for (; t < L; t++) {
+        const int8_t *kt = K + (long)t * hd;
+        __m512 x = _mm512_mul_ps(int8x16(kt), qv[0]);
+        for (int j = 1; j < n16; j++) x = _mm512_fmadd_ps(int8x16(kt + 16 * j), qv[j], x);
+        s[t] = _mm512_reduce_add_ps(x) * ks[t];
+        if (s[t] > m) m = s[t];
+    }
+    const float sum = softmax_weights(s, L, m);
+    for (int j = 0; j < n16; j++) acc[j] = _mm512_setzero_ps();
+    for (t = 0; t < L; t++) {
+        const __m512 p = _mm512_set1_ps(s[t] * vs[t]);
+        const int8_t *vt = V + (long)t * hd;
+        for (int c = 0; c < hd; c += 64) _mm_prefetch((const char *)vt + KV_AHEAD_I8 * hd + c, KV_HINT);
+        for (int j = 0; j < n16; j++) acc[j] = _mm512_fmadd_ps(p, int8x16(vt + 16 * j), acc[j]);
+    }
+    const __m512 inv = _mm512_set1_ps(1.0f / sum);
+    float *y = a->y + (long)b * C + (long)h * hd;
+    for (int j = 0; j < n16; j++) _mm512_storeu_ps(y + 16 * j, _mm512_mul_ps(acc[j], inv));
+}
 
 __attribute__((target("avx2,fma,f16c"), always_inline)) static inline void
 attend_pair(const attention *a, int b, int h, float *s, int kind, int hd) {
-    const size_t size = kind == W_F32 ? 4 : 2;
+    const size_t size = kind == W_F32 ? 4 : kind == W_I8 ? 1 : 2;
     const long pos = a->positions ? a->positions[b] : a->position;
     const int L = (int)pos + 1, C = a->heads * hd, n8 = hd / 8;
     const float *q = a->qkv + b * a->qkv_stride + (long)h * hd;
@@ -925,9 +1038,19 @@ attend_pair(const attention *a, int b, int h, float *s, int kind, int hd) {
     char *K = a->k + base, *V = a->v + base;
     __m256 qv[MAX_HD / 8], acc[MAX_HD / 8];
     const __m256 scale = _mm256_set1_ps(a->scale);
+    const float *ks = NULL, *vs = NULL; /* int8: this pair's scales, by position */
+    if (kind == W_I8) {
+        const long sbase = (b * a->bstride + h * a->hstride) / hd;
+        a->ks[sbase + pos] = put_i8((int8_t *)K + pos * hd, q + C, hd);
+        a->vs[sbase + pos] = put_i8((int8_t *)V + pos * hd, q + 2 * C, hd);
+        ks = a->ks + sbase;
+        vs = a->vs + sbase;
+    }
     for (int j = 0; j < n8; j++) {
-        put8(K, pos * hd + 8 * j, _mm256_loadu_ps(q + C + 8 * j), kind);
-        put8(V, pos * hd + 8 * j, _mm256_loadu_ps(q + 2 * C + 8 * j), kind);
+        if (kind != W_I8) {
+            put8(K, pos * hd + 8 * j, _mm256_loadu_ps(q + C + 8 * j), kind);
+            put8(V, pos * hd + 8 * j, _mm256_loadu_ps(q + 2 * C + 8 * j), kind);
+        }
         qv[j] = _mm256_mul_ps(_mm256_loadu_ps(q + 8 * j), scale);
     }
     /* scores, 8 keys at a time */
@@ -944,6 +1067,7 @@ attend_pair(const attention *a, int b, int h, float *s, int kind, int hd) {
             d[u] = x;
         }
         __m256 sv = hsum8(d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]);
+        if (kind == W_I8) sv = _mm256_mul_ps(sv, _mm256_loadu_ps(ks + t));
         _mm256_storeu_ps(s + t, sv);
         vmax = _mm256_max_ps(vmax, sv);
     }
@@ -953,26 +1077,14 @@ attend_pair(const attention *a, int b, int h, float *s, int kind, int hd) {
         __m256 x = _mm256_mul_ps(load8(kt, 0, kind), qv[0]);
         for (int j = 1; j < n8; j++) x = _mm256_fmadd_ps(load8(kt, 8 * j, kind), qv[j], x);
         s[t] = hsum(x);
+        if (kind == W_I8) s[t] *= ks[t];
         if (s[t] > m) m = s[t];
     }
-    /* softmax weights (unnormalised) and their sum */
-    const __m256 vm = _mm256_set1_ps(m);
-    __m256 vsum = _mm256_setzero_ps();
-    t = 0;
-    for (; t + 8 <= L; t += 8) {
-        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + t), vm));
-        _mm256_storeu_ps(s + t, e);
-        vsum = _mm256_add_ps(vsum, e);
-    }
-    float sum = hsum(vsum);
-    for (; t < L; t++) {
-        s[t] = expf(s[t] - m);
-        sum += s[t];
-    }
+    const float sum = softmax_weights(s, L, m);
     /* the values they weight */
     for (int j = 0; j < n8; j++) acc[j] = _mm256_setzero_ps();
     for (t = 0; t < L; t++) {
-        const __m256 p = _mm256_set1_ps(s[t]);
+        const __m256 p = _mm256_set1_ps(kind == W_I8 ? s[t] * vs[t] : s[t]);
         const char *vt = V + t * row;
         for (size_t b = 0; b < row; b += 64) _mm_prefetch(vt + KV_AHEAD * row + b, KV_HINT);
         for (int j = 0; j < n8; j++) acc[j] = _mm256_fmadd_ps(p, load8(vt, 8 * j, kind), acc[j]);
@@ -1005,6 +1117,38 @@ __attribute__((target("avx2,fma,f16c"))) static void attention_f32(const void *a
 __attribute__((target("avx2,fma,f16c"))) static void attention_f16(const void *a, int part,
                                                                    int n) {
     attention_part(a, part, n, W_F16);
+}
+
+__attribute__((target("avx2,fma,f16c"))) static void attention_i8(const void *a, int part,
+                                                                  int n) {
+    attention_part(a, part, n, W_I8);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c"))) static void
+attention_i8_512(const void *args, int part, int parts) {
+    const attention *a = args;
+    if (a->hd % 16) {
+        attention_part(a, part, parts, W_I8);
+        return;
+    }
+    float *scores = a->scores + part * a->scores_stride;
+    int pairs = a->batch * a->heads;
+    int lo = (int)((long)pairs * part / parts), hi = (int)((long)pairs * (part + 1) / parts);
+    for (int i = lo; i < hi; i++) {
+        if (a->hd == 64)
+            attend_pair_i8_512(a, i / a->heads, i % a->heads, scores, 64); /* GPT-2's, unrolled */
+        else
+            attend_pair_i8_512(a, i / a->heads, i % a->heads, scores, a->hd);
+    }
+}
+
+static int has_avx512(void);
+
+/* the attention task for a cache kind: 0 float32, 1 float16, 2 int8 (on 512-bit vectors where
+ * set_avx512 allows) */
+static task_fn attention_task(int kind) {
+    if (kind == 2) return has_avx512() ? attention_i8_512 : attention_i8;
+    return kind ? attention_f16 : attention_f32;
 }
 
 static int cpu_ok(void) {
@@ -1519,23 +1663,26 @@ static long scores_stride(const int64_t *positions, long position, int rows) {
 }
 
 /* attend(qkv, qkv_stride, k, v, kind, bstride, hstride, positions, position, y, batch, heads,
- * hd, threads, scale): one new token per row attends over the layer's cache (see `attention`);
- * kind 0: the cache holds float32, 1: float16; positions 0: every row at `position`. */
+ * hd, threads, ks, vs, scale): one new token per row attends over the layer's cache (see
+ * `attention`); kind 0: the cache holds float32, 1: float16, 2: int8 with scales ks, vs (else
+ * 0); positions 0: every row at `position`. */
 static PyObject *py_attend(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    long long a[14];
-    if (nargs != 15) {
-        PyErr_Format(PyExc_TypeError, "expected 15 arguments, got %zd", nargs);
+    long long a[16];
+    if (nargs != 17) {
+        PyErr_Format(PyExc_TypeError, "expected 17 arguments, got %zd", nargs);
         return NULL;
     }
-    if (ints(args, 14, 14, a)) return NULL;
-    double scale = PyFloat_AsDouble(args[14]);
+    if (ints(args, 16, 16, a)) return NULL;
+    double scale = PyFloat_AsDouble(args[16]);
     if (scale == -1.0 && PyErr_Occurred()) return NULL;
 #if GPT2_NATIVE
     int batch = (int)a[10], heads = (int)a[11], hd = (int)a[12], threads = (int)a[13];
-    if (a[4] < 0 || a[4] > 1 || hd % 8 || hd <= 0 || hd > MAX_HD || threads < 1) {
-        PyErr_SetString(PyExc_ValueError, "attend: a float32 or float16 cache and a head size "
-                                          "that is a multiple of 8, at most 256");
+    if (a[4] < 0 || a[4] > 2 || (a[4] == 2) != (a[14] && a[15]) || hd % 8 || hd <= 0 ||
+        hd > MAX_HD || threads < 1) {
+        PyErr_SetString(PyExc_ValueError, "attend: a float32, float16 or int8 cache (with its "
+                                          "scales) and a head size that is a multiple of 8, at "
+                                          "most 256");
         return NULL;
     }
     const int64_t *positions = (const int64_t *)(intptr_t)a[7];
@@ -1544,10 +1691,11 @@ static PyObject *py_attend(PyObject *self, PyObject *const *args, Py_ssize_t nar
     if (!scores) return PyErr_NoMemory();
     scores = (float *)(((uintptr_t)scores + 63) & ~(uintptr_t)63);
     attention t = {(const float *)(intptr_t)a[0], (long)a[1], (char *)(intptr_t)a[2],
-                   (char *)(intptr_t)a[3], (long)a[5], (long)a[6], positions, (long)a[8],
-                   (float *)(intptr_t)a[9], scores, stride, batch, heads, hd, (float)scale};
+                   (char *)(intptr_t)a[3], (long)a[5], (long)a[6], (float *)(intptr_t)a[14],
+                   (float *)(intptr_t)a[15], positions, (long)a[8], (float *)(intptr_t)a[9],
+                   scores, stride, batch, heads, hd, (float)scale};
     Py_BEGIN_ALLOW_THREADS
-    run_parallel(a[4] ? attention_f16 : attention_f32, &t, threads);
+    run_parallel(attention_task((int)a[4]), &t, threads);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 #else
@@ -1556,20 +1704,22 @@ static PyObject *py_attend(PyObject *self, PyObject *const *args, Py_ssize_t nar
 }
 
 /* decode_layers(plans, layers, x, rows, positions, position, k, v, layer_stride, bstride,
- * hstride, heads, kv_kind, threads): x (rows, C) float32, each row's new token, goes through
- * `layers` blocks in place (plans: layers * PLAN_LEN int64, see layer_plan); k, v: layer 0 of the
- * cache (see `attention`), layer l at l * layer_stride elements on. */
+ * hstride, heads, kv_kind, threads, ks, vs): x (rows, C) float32, each row's new token, goes
+ * through `layers` blocks in place (plans: layers * PLAN_LEN int64, see layer_plan); k, v: layer
+ * 0 of the cache (see `attention`, kv_kind as attend's), layer l at l * layer_stride elements on;
+ * ks, vs: an int8 cache's scales (layer l at l * layer_stride / hd), else 0. */
 static PyObject *py_decode_layers(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    long long a[14];
-    if (ints(args, nargs, 14, a)) return NULL;
+    long long a[16];
+    if (ints(args, nargs, 16, a)) return NULL;
 #if GPT2_NATIVE
     const int64_t *plans = (const int64_t *)(intptr_t)a[0];
     int layers = (int)a[1], rows = (int)a[3], heads = (int)a[11], kv_kind = (int)a[12];
     int threads = (int)a[13];
     float *x = (float *)(intptr_t)a[2];
     const int64_t *positions = (const int64_t *)(intptr_t)a[4];
-    if (layers < 1 || rows < 1 || heads < 1 || threads < 1 || kv_kind < 0 || kv_kind > 1) {
+    if (layers < 1 || rows < 1 || heads < 1 || threads < 1 || kv_kind < 0 || kv_kind > 2 ||
+        (kv_kind == 2) != (a[14] && a[15])) {
         PyErr_SetString(PyExc_ValueError, "decode_layers: bad sizes");
         return NULL;
     }
@@ -1596,7 +1746,8 @@ static PyObject *py_decode_layers(PyObject *self, PyObject *const *args, Py_ssiz
     float *scores = xscale + rows, *xgs = scores + (size_t)threads * stride;
     int8_scratch s8 = {(int8_t *)(xgs + (size_t)rows * int4_ng_pad(widest)), NULL, xscale, xgs};
     s8.xabs = (uint8_t *)s8.xq + (size_t)rows * widest;
-    const size_t esize = kv_kind ? 2 : 4;
+    const size_t esize = kv_kind == 0 ? 4 : kv_kind == 1 ? 2 : 1;
+    float *ks = (float *)(intptr_t)a[14], *vs = (float *)(intptr_t)a[15];
     Py_BEGIN_ALLOW_THREADS
     for (int l = 0; l < layers; l++) {
         layer_plan pl;
@@ -1605,11 +1756,12 @@ static PyObject *py_decode_layers(PyObject *self, PyObject *const *args, Py_ssiz
         layer_norm(x, h, rows, C, (const float *)(intptr_t)pl.ln1_w,
                    (const float *)(intptr_t)pl.ln1_b, eps);
         matmul(&pl.attn, h, rows, qkv, 0, threads, s8);
-        attention t = {qkv, 3L * C, (char *)(intptr_t)a[6] + (size_t)l * a[8] * esize,
-                       (char *)(intptr_t)a[7] + (size_t)l * a[8] * esize, (long)a[9], (long)a[10],
-                       positions, (long)a[5], att, scores, stride, rows, heads, hd,
-                       float_of(pl.scale_bits)};
-        run_parallel(kv_kind ? attention_f16 : attention_f32, &t, threads);
+        const size_t at = (size_t)l * a[8];
+        attention t = {qkv, 3L * C, (char *)(intptr_t)a[6] + at * esize,
+                       (char *)(intptr_t)a[7] + at * esize, (long)a[9], (long)a[10],
+                       ks ? ks + at / hd : NULL, vs ? vs + at / hd : NULL, positions, (long)a[5],
+                       att, scores, stride, rows, heads, hd, float_of(pl.scale_bits)};
+        run_parallel(attention_task(kv_kind), &t, threads);
         matmul(&pl.proj, att, rows, x, 1, threads, s8);
         layer_norm(x, h, rows, C, (const float *)(intptr_t)pl.ln2_w,
                    (const float *)(intptr_t)pl.ln2_b, eps);

@@ -69,9 +69,11 @@ class KVCache:
     place and never allocates per token. `length` counts the positions filled by chunks (all
     rows alike); sequences decoding at their own positions are tracked by their caller.
     `native`: one-token steps attend on gpt2cli's own kernel (`native.attend`: a CPU cache of
-    float32 or float16 where the kernels run), else through torch's SDPA. The cache may hold
-    fewer bits than the activations (`GPT2.kv_dtype`): what is attended over is always the
-    stored, rounded keys and values, on either path, so every path sees the same numbers."""
+    float32, float16 or int8 where the kernels run), else through torch's SDPA. The cache may
+    hold fewer bits than the activations (`GPT2.kv_dtype`): what is attended over is always the
+    stored, rounded keys and values, on either path, so every path sees the same numbers. An
+    int8 cache keeps a float32 scale per head and position (`k_scale`, `v_scale`, (layers,
+    batch, heads, window); `native.quantize_kv`)."""
 
     def __init__(
         self,
@@ -87,6 +89,11 @@ class KVCache:
         alloc = torch.zeros if zeroed else torch.empty
         self.k = alloc(shape, device=device, dtype=dtype)
         self.v = alloc(shape, device=device, dtype=dtype)
+        self.k_scale: torch.Tensor | None = None
+        self.v_scale: torch.Tensor | None = None
+        if dtype == torch.int8:
+            self.k_scale = alloc(shape[:-1], device=device, dtype=torch.float32)
+            self.v_scale = alloc(shape[:-1], device=device, dtype=torch.float32)
         self.length = 0
         self.native = attends_natively(device, dtype, config.head_dim)
 
@@ -98,15 +105,37 @@ class KVCache:
         """A cache for rows [start, stop) that shares this one's memory (no copy)."""
         view = object.__new__(KVCache)
         view.k, view.v = self.k[:, start:stop], self.v[:, start:stop]
+        view.k_scale = view.v_scale = None
+        if self.k_scale is not None and self.v_scale is not None:
+            view.k_scale, view.v_scale = self.k_scale[:, start:stop], self.v_scale[:, start:stop]
         view.length, view.native = self.length, self.native
         return view
+
+    def _tensors(self) -> list[torch.Tensor]:
+        """Everything cached per (layer, row, head, position): keys, values, int8's scales."""
+        scales = [self.k_scale, self.v_scale] if self.k_scale is not None else []
+        return [self.k, self.v, *[s for s in scales if s is not None]]
 
     def copy_prefix(self, source: int, targets: list[int], length: int) -> None:
         """Copy row `source`'s first `length` positions into rows `targets` (a prompt prefilled
         once, shared by several samples)."""
         for t in targets:
-            self.k[:, t, :, :length] = self.k[:, source, :, :length]
-            self.v[:, t, :, :length] = self.v[:, source, :, :length]
+            for cached in self._tensors():
+                cached[:, t, :, :length] = cached[:, source, :, :length]
+
+    def clear(self, row: int, start: int, end: int) -> None:
+        """Zero row `row`'s positions [start, end) (read under a mask before they are written:
+        0 * NaN would be NaN)."""
+        for cached in self._tensors():
+            cached[:, row, :, start:end] = 0
+
+    def scales(self, layer: int | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """An int8 cache's scales of keys and values (of one layer, or all), else None."""
+        if self.k_scale is None or self.v_scale is None:
+            return None
+        if layer is None:
+            return self.k_scale, self.v_scale
+        return self.k_scale[layer], self.v_scale[layer]
 
     @property
     def window(self) -> int:
@@ -116,17 +145,27 @@ class KVCache:
         self, layer: int, k: torch.Tensor, v: torch.Tensor, span: Span
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write the new keys and values (batch, heads, T, head_dim) where `span` says; return
-        the cached keys and values to attend over."""
-        cache_k, cache_v = self.k[layer], self.v[layer]
-        if span.positions is None:
-            assert span.start is not None
-            cache_k[:, :, span.start : span.end] = k
-            cache_v[:, :, span.start : span.end] = v
-        else:
-            rows = torch.arange(k.shape[0], device=k.device)
-            cache_k[rows, :, span.positions] = k[:, :, 0]
-            cache_v[rows, :, span.positions] = v[:, :, 0]
-        return cache_k[:, :, : span.end], cache_v[:, :, : span.end]
+        the cached keys and values to attend over (an int8 cache's as float32: the stored
+        values times their scales)."""
+        cached = [self.k[layer], self.v[layer]]
+        new = [k, v]
+        scales = self.scales(layer)
+        if scales is not None:
+            (k, k_scale), (v, v_scale) = native.quantize_kv(k), native.quantize_kv(v)
+            cached += list(scales)
+            new = [k, v, k_scale, v_scale]
+        for into, what in zip(cached, new, strict=True):
+            if span.positions is None:
+                assert span.start is not None
+                into[:, :, span.start : span.end] = what
+            else:
+                rows = torch.arange(what.shape[0], device=what.device)
+                into[rows, :, span.positions] = what[:, :, 0]
+        keys, values = cached[0][:, :, : span.end], cached[1][:, :, : span.end]
+        if scales is not None:
+            keys = keys.float() * cached[2][:, :, : span.end, None]
+            values = values.float() * cached[3][:, :, : span.end, None]
+        return keys, values
 
 
 class NoCache:
@@ -165,7 +204,7 @@ class Attention(nn.Module):
             assert position is not None
             qkv = self.c_attn(x).reshape(B, 3 * C)
             layer = (cache.k[self.layer], cache.v[self.layer])
-            y = native.attend(qkv, *layer, position, self.softmax_scale)
+            y = native.attend(qkv, *layer, position, self.softmax_scale, cache.scales(self.layer))
             return self.c_proj(y.view(B, 1, C))
         q, k, v = self._qkv(x)
         keys, values = cache.update(self.layer, k, v, span)
@@ -316,17 +355,21 @@ class GPT2(nn.Module):
 
     @property
     def kv_dtype(self) -> torch.dtype:
-        """What the key/value cache holds: float16 where the weights are 16-bit or int8 and
-        gpt2cli's kernels decode on the CPU (half the bytes to read late in the window, which
-        on a 2-core Zen 5 made attending over 925 positions of GPT-2 small 0.80 ms a token
-        against 1.23 in float32 on the same kernel; its rounding, ~5e-4 of each value, is far
-        below that of the weights themselves), else the activations' dtype (float32 decoding
-        stays exact, as transformers computes it)."""
+        """What the key/value cache holds where gpt2cli's kernels decode on the CPU: int8 (a
+        scale per head and position, `native.quantize_kv`) beside int8 or int4 weights, float16
+        beside 16-bit ones; else the activations' dtype (float32 decoding stays exact, as
+        transformers computes it). Fewer bytes to read late in the window: attending over 925
+        positions of GPT-2 small (12 layers, 2-core Zen 5, caches cold) took 1.07 ms a token
+        over float32, 0.70 over float16, 0.51 over int8; int4 weights decoded there at 0.82x
+        their rate at the start of the window with it, 0.71x over float16 (int8 0.90x, 0.82x).
+        Their rounding: float16's ~5e-4 of each value, int8's up to 1/254 of each vector's
+        largest, which moved int8's divergence from float32 by 4% and int4's by 1%
+        (benchmarks/bench_quality.py --kv-float16)."""
         p = self.wpe
         layout = self.layout
         fewer_bits = layout.native and layout.in_matrices and layout.linear != "f32"
         if p.device.type == "cpu" and fewer_bits and native.available():
-            return torch.float16
+            return torch.int8 if layout.linear in ("int8", "int4") else torch.float16
         return p.dtype
 
     def describe_attention(self) -> str:
@@ -334,7 +377,8 @@ class GPT2(nn.Module):
         kv = self.kv_dtype
         own = attends_natively(self.wpe.device, kv, self.config.head_dim)
         how = "gpt2cli's kernel" if own else "torch's SDPA"
-        return f"{str(kv).removeprefix('torch.')} key/value cache, decoding attends by {how}"
+        what = "int8 (a scale per head and position)" if kv == torch.int8 else str(kv)
+        return f"{what.removeprefix('torch.')} key/value cache, decoding attends by {how}"
 
     def new_cache(self, batch: int = 1, zeroed: bool = False) -> KVCache:
         return KVCache(self.config, batch, self.wpe.device, self.kv_dtype, zeroed)
@@ -422,7 +466,7 @@ class GPT2(nn.Module):
             position = span.start if span.positions is None else span.positions
             assert position is not None
             x = x.contiguous()
-            native.decode_layers(plan, x.view(B, C), cache.k, cache.v, position)
+            native.decode_layers(plan, x.view(B, C), cache.k, cache.v, position, cache.scales())
             return self.ln_f(x)
         for block in self.h:
             x = block(x, cache, span)

@@ -349,7 +349,7 @@ class NativeInt4Matrix:
 
 NativeMatrix = NativeDenseMatrix | NativeInt8Matrix | NativeInt4Matrix
 
-ATTENTION_KINDS = {torch.float32: 0, torch.float16: 1}
+ATTENTION_KINDS = {torch.float32: 0, torch.float16: 1, torch.int8: 2}
 MAX_HEAD_DIM = 256  # the attention kernel takes head sizes up to this, multiples of 8
 
 
@@ -359,13 +359,16 @@ def attend(
     values: torch.Tensor,
     positions: torch.Tensor | int,
     scale: float,
+    scales: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """One new token per row attends over its cached keys and values: `qkv` (batch, 3 * C)
     float32 holds each row's query, key and value (heads side by side, C = heads * head_dim);
-    `keys` and `values` (batch, heads, window, head_dim), float32 or float16, are one layer's
-    cache. Row b's key and value are written at its position (`positions[b]`, int64, or the one
-    int for all rows) and its query attends over positions [0, position]. Returns (batch, C)
-    float32, each row's heads side by side (as the output projection reads them).
+    `keys` and `values` (batch, heads, window, head_dim), float32, float16 or int8, are one
+    layer's cache; an int8 cache's `scales` (of keys, of values: (batch, heads, window) float32)
+    hold each head's vector at each position as `quantize_kv` does. Row b's key and value are
+    written at its position (`positions[b]`, int64, or the one int for all rows) and its query
+    attends over positions [0, position]. Returns (batch, C) float32, each row's heads side by
+    side (as the output projection reads them).
 
     By hand because torch's SDPA read the cache slower than the machine can and, over a float16
     cache, slower still: late in the window (860 cached positions, GPT-2 small, 2-core Zen 5)
@@ -376,15 +379,26 @@ def attend(
     if qkv.shape != (batch, 3 * heads * hd):
         raise ValueError(f"qkv must be ({batch}, {3 * heads * hd}), got {tuple(qkv.shape)}")
     qkv = qkv.float().contiguous()
-    kind = _cache_kind(keys, values)
+    kind, ks, vs = _cache_kind(keys, values, scales)
     pointer, position = _positions(positions, batch, window)
     y = torch.empty(batch, heads * hd)
     lib.attend(
         qkv.data_ptr(), qkv.stride(0), keys.data_ptr(), values.data_ptr(),
         kind, keys.stride(0), keys.stride(1), pointer, position,
-        y.data_ptr(), batch, heads, hd, torch.get_num_threads(), float(scale),
+        y.data_ptr(), batch, heads, hd, torch.get_num_threads(), ks, vs, float(scale),
     )  # fmt: skip
     return y
+
+
+def quantize_kv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys or values (..., head_dim) float32 as an int8 cache holds them: (int8 (...,
+    head_dim), float32 scales (...)), each vector's scale its largest magnitude / 127 and its
+    values rounded to nearest (ties to even) after dividing by it; all-zero vectors are zeros
+    with scale 0. The kernels round the keys and values they write the same way, to the bit."""
+    scale = x.abs().amax(dim=-1) / 127
+    live = scale > 0
+    q = torch.where(live.unsqueeze(-1), torch.round(x / scale.unsqueeze(-1)), 0)
+    return q.clamp(-127, 127).to(torch.int8), torch.where(live, scale, 0)
 
 
 def matrix_spec(matrix: NativeMatrix, bias: torch.Tensor) -> list[int]:
@@ -413,13 +427,15 @@ def decode_layers(
     keys: torch.Tensor,
     values: torch.Tensor,
     positions: torch.Tensor | int,
+    scales: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """One new token per row through every block, in place: `x` (batch, C) contiguous float32,
     the rows' hidden states after the embedding, becomes their hidden states before the final
     LayerNorm. `plan` (layers, the extension's `plan_len()`) int64: each layer's LayerNorm
     weights, its four products (`matrix_spec`), then LayerNorm's eps and attention's scale
     (`float_bits`); the activation is GPT-2's GELU (tanh form). `keys` and `values` (layers,
-    batch, heads, window, head_dim) are the cache, written and attended over as `attend` does.
+    batch, heads, window, head_dim) are the cache (with `scales` (layers, batch, heads, window)
+    where it holds int8), written and attended over as `attend` does.
 
     By hand because, with the products this fast, the rest of a step weighed a quarter of it:
     on the 2-core Zen 5, decoding GPT-2 small in int8 spent 1.0 ms of its 4.1 ms a token outside
@@ -432,23 +448,36 @@ def decode_layers(
         raise ValueError(f"plan must be contiguous int64 ({layers}, {length})")
     if x.dtype != torch.float32 or not x.is_contiguous() or x.shape != (batch, heads * hd):
         raise ValueError(f"x must be contiguous float32 ({batch}, {heads * hd})")
-    kind = _cache_kind(keys, values)
+    kind, ks, vs = _cache_kind(keys, values, scales)
     pointer, position = _positions(positions, batch, window)
     lib.decode_layers(
         plan.data_ptr(), layers, x.data_ptr(), batch, pointer, position, keys.data_ptr(),
         values.data_ptr(), keys.stride(0), keys.stride(1), keys.stride(2), heads, kind,
-        torch.get_num_threads(),
+        torch.get_num_threads(), ks, vs,
     )  # fmt: skip
 
 
-def _cache_kind(keys: torch.Tensor, values: torch.Tensor) -> int:
-    """The kernel's kind for a cache of `keys` and `values` (float32 0, float16 1), checked to
-    hold each head's positions contiguously."""
+def _cache_kind(
+    keys: torch.Tensor, values: torch.Tensor, scales: tuple[torch.Tensor, torch.Tensor] | None
+) -> tuple[int, int, int]:
+    """(the kernel's kind for a cache of `keys` and `values`: float32 0, float16 1, int8 2; the
+    addresses of an int8 cache's scales, else 0), checked to hold each head's positions
+    contiguously and the scales to sit as the keys do (their strides the keys' / head_dim)."""
     if keys.dtype not in ATTENTION_KINDS or values.dtype != keys.dtype:
-        raise ValueError("the cache must hold float32 or float16")
+        raise ValueError("the cache must hold float32, float16 or int8")
     if keys.stride()[-2:] != (keys.shape[-1], 1) or values.stride() != keys.stride():
         raise ValueError("each head's cached positions must be contiguous")
-    return ATTENTION_KINDS[keys.dtype]
+    if (keys.dtype == torch.int8) != (scales is not None):
+        raise ValueError("an int8 cache, and only one, has scales")
+    if scales is None:
+        return ATTENTION_KINDS[keys.dtype], 0, 0
+    ks, vs = scales
+    hd = keys.shape[-1]
+    strides = tuple(s // hd for s in keys.stride()[:-1])
+    for t in (ks, vs):
+        if t.dtype != torch.float32 or t.shape != keys.shape[:-1] or t.stride() != strides:
+            raise ValueError("the scales must be float32, shaped and laid out as the keys")
+    return 2, ks.data_ptr(), vs.data_ptr()
 
 
 def _positions(positions: torch.Tensor | int, batch: int, window: int) -> tuple[int, int]:

@@ -72,8 +72,7 @@ class EagerStepper:
     def _make_finite(self, rows: int, end: int) -> None:
         for r in range(rows):
             if self.finite[r] < end:
-                self.cache.k[:, r, :, self.finite[r] : end] = 0
-                self.cache.v[:, r, :, self.finite[r] : end] = 0
+                self.cache.clear(r, self.finite[r], end)
                 self.finite[r] = end
 
 
