@@ -195,11 +195,14 @@ def test_every_precision_runs_without_the_kernels(
 
 
 @needs_native
+@pytest.mark.parametrize("wide", [True, False], ids=["avx512", "avx2"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize(
-    ("rows", "n_out", "n_in"), [(1, 64, 64), (3, 37, 96), (8, 17, 50), (1, 5, 3), (9, 130, 64)]
+    ("rows", "n_out", "n_in"),
+    [(1, 64, 64), (3, 37, 96), (8, 17, 50), (1, 5, 3), (9, 130, 64), (5, 9, 1000)],
 )
 def test_dense_product_sums_in_float32(
+    wide: bool,
     dtype: torch.dtype,
     rows: int,
     n_out: int,
@@ -208,15 +211,24 @@ def test_dense_product_sums_in_float32(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Up to MAX_ROWS rows by the kernel (weight rows four at a time and alone, lengths that are
-    not a multiple of 8), more (here 9) by oneDNN; the same either way."""
+    not a multiple of 8; several rows of 16-bit weights on 512-bit vectors where the CPU has
+    AVX-512, and not), more (here 9) by oneDNN; the same either way."""
+    lib = native.kernels()
+    assert lib is not None
+    if wide and not lib.set_avx512(1):
+        pytest.skip("this CPU has no AVX-512 VNNI")
     monkeypatch.setattr(native.NativeDenseMatrix, "MAX_ROWS", 8)
     torch.manual_seed(rows * 1000 + n_out)
     w = torch.randn(n_out, n_in).to(dtype)
     x, bias = torch.randn(rows, n_in), torch.randn(n_out)
     matrix = native.NativeDenseMatrix(w)
-    for b in (None, bias):
-        want = x.double() @ w.double().t() + (0 if b is None else b.double())
-        torch.testing.assert_close(matrix(x, b), want.float(), rtol=1e-5, atol=2e-5)
+    lib.set_avx512(int(wide))
+    try:
+        for b in (None, bias):
+            want = x.double() @ w.double().t() + (0 if b is None else b.double())
+            torch.testing.assert_close(matrix(x, b), want.float(), rtol=1e-5, atol=2e-5)
+    finally:
+        lib.set_avx512(1)
 
 
 @needs_native

@@ -350,6 +350,95 @@ dense_task(const void *args, int part, int parts, int kind) {
     }
 }
 
+/* 16 weights of `kind` (float32, float16 or bfloat16) at element i of w as float32, the lanes
+ * of mask m only (the others 0) */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx2,f16c"), always_inline)) static inline __m512
+load16(const void *w, size_t i, int kind, __mmask16 m) {
+    if (kind == W_F32) return _mm512_maskz_loadu_ps(m, (const float *)w + i);
+    __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)w + i);
+    if (kind == W_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/* Several rows of x against 16-bit weights on 512-bit vectors: a block of kn (1 or 4) rows of W
+ * against nr (1-4) rows of x in kn * nr accumulators, each weight loaded and converted once for
+ * every 4 rows of x (dense_task converts it once per two). */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c"), always_inline)) static inline void
+dense_block512(const product *p, int o, const int kn, int r0, const int nr, int kind) {
+    const size_t size = kind == W_F32 ? 4 : 2;
+    const int n = p->n_in;
+    const char *w = (const char *)p->w + (size_t)o * n * size;
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int k = 0; k < kn; k++)
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) acc[k][r] = _mm512_setzero_ps();
+    /* the next block of 4 rows of W, swept while the first rows of x pass (as in dense_task:
+     * the hardware prefetcher loses four interleaved streams) */
+    const char *ahead = r0 == 0 && kn == 4 ? w + 4 * (size_t)n * size : NULL;
+    for (int i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        if (ahead)
+            for (size_t b = 0; b < 64 * size; b += 64)
+                _mm_prefetch(ahead + 4 * size * (size_t)i + b, AHEAD_HINT);
+        __m512 xv[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) xv[r] = _mm512_maskz_loadu_ps(m, p->x + (size_t)(r0 + r) * n + i);
+#pragma GCC unroll 4
+        for (int k = 0; k < kn; k++) {
+            const __m512 wv = load16(w + (size_t)k * n * size, i, kind, m);
+#pragma GCC unroll 4
+            for (int r = 0; r < nr; r++) acc[k][r] = _mm512_fmadd_ps(wv, xv[r], acc[k][r]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++)
+#pragma GCC unroll 4
+        for (int k = 0; k < kn; k++) store(p, r0 + r, o + k, _mm512_reduce_add_ps(acc[k][r]));
+}
+
+#define DENSE_BLOCK512(kn)                                                                        \
+    switch (nr) {                                                                                 \
+    case 1: dense_block512(p, o, kn, r0, 1, kind); break;                                         \
+    case 2: dense_block512(p, o, kn, r0, 2, kind); break;                                         \
+    case 3: dense_block512(p, o, kn, r0, 3, kind); break;                                         \
+    default: dense_block512(p, o, kn, r0, 4, kind); break;                                        \
+    }
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c"), always_inline)) static inline void
+dense_task512(const void *args, int part, int parts, int kind) {
+    const product *p = args;
+    int lo, hi;
+    part_range(p, part, parts, &lo, &hi);
+    for (int o = lo; o < hi; o += 4) {
+        for (int r0 = 0; r0 < p->rows; r0 += 4) {
+            const int nr = p->rows - r0 < 4 ? p->rows - r0 : 4;
+            if (hi - o >= 4) {
+                DENSE_BLOCK512(4)
+            } else {
+                for (int k = o; k < hi; k++) {
+                    const int o_ = o;
+                    o = k;
+                    DENSE_BLOCK512(1)
+                    o = o_;
+                }
+            }
+        }
+    }
+}
+
+#undef DENSE_BLOCK512
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c"))) static void
+f16_task512(const void *a, int part, int n) {
+    dense_task512(a, part, n, W_F16);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c"))) static void
+bf16_task512(const void *a, int part, int n) {
+    dense_task512(a, part, n, W_BF16);
+}
+
 /* float32 weights and one row of x (decoding one sequence): W's rows one after another, each
  * into four accumulators (32 weights at a time), so that a part reads its rows as one
  * sequential stream, which the hardware prefetcher follows without help; four rows at a time
@@ -1207,10 +1296,23 @@ static int cpu_avx512(void) {
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 }
 
-/* int8 and int4 products on 512-bit vectors (i8_task512, i4_task512) */
+/* 512-bit kernels: int8 and int4 products (i8_task512, i4_task512), 16-bit ones of several rows
+ * (dense_task512), attention over an int8 cache (attention_i8_512) */
 static int has_avx512(void) {
     if (avx512 < 0) avx512 = cpu_avx512();
     return avx512;
+}
+
+/* The dense kernel for weights of `kind` (0 float32, 1 float16, 2 bfloat16) and `rows` rows of
+ * x: several rows of 16-bit weights on 512-bit vectors where set_avx512 allows. GPT-2 small's
+ * bfloat16 block matrices on a Zen 5, ms, 256-bit / 512-bit: one core, 2 rows 5.0 / 4.6, 4 rows
+ * 7.5 / 4.9, 8 rows 13.6 / 8.4; two cores 3.9-4.1 / 3.9-4.3, 4.6-4.8 / 4.0-4.3, 7.2 / 5.0.
+ * Float32 weights stay on 256 bits: their products were faster there on two cores (2 rows 7.4
+ * against 8.9-9.4, 4 rows 8.4-8.6 against 8.9-9.3), where the 512-bit loop reads them slower. */
+static task_fn dense_kernel(int kind, int rows) {
+    static const task_fn wide[] = {f32_task, f16_task512, bf16_task512};
+    static const task_fn narrow[] = {f32_task, f16_task, bf16_task};
+    return (rows > 1 && has_avx512() ? wide : narrow)[kind];
 }
 
 /* The int8 kernel for `rows` rows of x against W with (wsum) or without its rows' sums, and
@@ -1411,7 +1513,6 @@ __attribute__((target("avx2"))) static void matmul_int4(product *p, const float 
 __attribute__((target("avx2,fma,f16c"))) static void matmul(const matrix_spec *m, const float *x,
                                                             int rows, float *y, int accumulate,
                                                             int threads, int8_scratch s) {
-    static const task_fn dense[] = {f32_task, f16_task, bf16_task};
     product p = {0};
     p.w = (const void *)(intptr_t)m->w;
     p.bias = (const float *)(intptr_t)m->bias;
@@ -1436,7 +1537,7 @@ __attribute__((target("avx2,fma,f16c"))) static void matmul(const matrix_spec *m
         matmul_int4(&p, x, s, threads);
     } else {
         p.x = x;
-        run_parallel(dense[m->kind], &p, threads);
+        run_parallel(dense_kernel((int)m->kind, rows), &p, threads);
     }
 }
 
@@ -1522,8 +1623,9 @@ static PyObject *py_vnni(PyObject *self, PyObject *unused) {
 }
 
 /* set_avx512(on) -> bool: whether int8 and int4 products use AVX-512 with VNNI (where the CPU
- * has it; on by default there) for several rows of x, and for one where the CPU has no AVX-VNNI;
- * else the 256-bit kernels that set_vnni picks. The result says which. */
+ * has it; on by default there) for several rows of x, and for one where the CPU has no AVX-VNNI,
+ * as do 16-bit products of several rows and attention over an int8 cache; else the 256-bit
+ * kernels (for int8 and int4 those set_vnni picks). The result says which. */
 static PyObject *py_set_avx512(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     long long a[1];
@@ -1537,7 +1639,7 @@ static PyObject *py_set_avx512(PyObject *self, PyObject *const *args, Py_ssize_t
 #endif
 }
 
-/* avx512() -> bool: whether int8 and int4 products use AVX-512 with VNNI now. */
+/* avx512() -> bool: whether the kernels use AVX-512 (see set_avx512) now. */
 static PyObject *py_avx512(PyObject *self, PyObject *unused) {
     (void)self, (void)unused;
 #if GPT2_NATIVE
@@ -1611,7 +1713,6 @@ static PyObject *py_linear_dense(PyObject *self, PyObject *const *args, Py_ssize
     long long a[9];
     if (ints(args, nargs, 9, a)) return NULL;
 #if GPT2_NATIVE
-    static const task_fn tasks[] = {f32_task, f16_task, bf16_task};
     if (a[0] < 0 || a[0] > 2) {
         PyErr_SetString(PyExc_ValueError, "kind must be 0 (float32), 1 (float16) or 2 (bfloat16)");
         return NULL;
@@ -1621,7 +1722,7 @@ static PyObject *py_linear_dense(PyObject *self, PyObject *const *args, Py_ssize
                  (int)a[6], (int)a[7], 0, NULL, NULL, NULL, 0, 0};
     int threads = (int)a[8];
     Py_BEGIN_ALLOW_THREADS
-    run_parallel(tasks[a[0]], &p, threads);
+    run_parallel(dense_kernel((int)a[0], (int)a[5]), &p, threads);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 #else
@@ -1827,9 +1928,9 @@ static PyMethodDef methods[] = {
     {"use_openmp", (PyCFunction)(void (*)(void))py_use_openmp, METH_FASTCALL,
      "Run on torch's OpenMP runtime."},
     {"vnni", py_vnni, METH_NOARGS, "Whether int8 products use AVX-VNNI."},
-    {"avx512", py_avx512, METH_NOARGS, "Whether int8 and int4 products of several rows use AVX-512 VNNI."},
+    {"avx512", py_avx512, METH_NOARGS, "Whether the kernels use AVX-512 (VNNI) where set_avx512 says."},
     {"set_avx512", (PyCFunction)(void (*)(void))py_set_avx512, METH_FASTCALL,
-     "int8 and int4 products with AVX-512 VNNI (where the CPU has it) or not."},
+     "AVX-512 VNNI kernels (where the CPU has it) or not."},
     {"set_vnni", (PyCFunction)(void (*)(void))py_set_vnni, METH_FASTCALL,
      "int8 products with AVX-VNNI (where the CPU has it) or not."},
     {"set_spin_us", (PyCFunction)(void (*)(void))py_set_spin_us, METH_FASTCALL,

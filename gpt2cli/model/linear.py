@@ -107,9 +107,12 @@ class Layout:
             )
         if self.linear == "f32" or (self.linear == "fp16" and self.native):
             held = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
+            wide = ""
+            if self.held_dtype != torch.float32 and lib is not None and lib.avx512():
+                wide = " (AVX-512 for several rows)"
             return (
-                f"{held.get(self.held_dtype, 'float16')} weights, gpt2cli's own AVX2 kernels for "
-                "decoding, oneDNN for prompts; float32 activations"
+                f"{held.get(self.held_dtype, 'float16')} weights, gpt2cli's own AVX2 kernels{wide} "
+                "for decoding, oneDNN for prompts; float32 activations"
             )
         if self.linear == "fp16":
             held16 = "bfloat16 weights held as float16" if self.round_bf16 else "float16 weights"
