@@ -200,7 +200,7 @@ typedef struct {
                           * n_in & ~31 weights (x arrives as xq + 128, see dot_vnni) */
     /* int4 (see i4_task): w is (n_out, n_pad / 2) bytes, two weights each */
     const uint16_t *gscale; /* (n_out, ng_pad) float16: each group of 32 weights' scale */
-    const float *xgs;       /* (rows, ng_pad): -8 times the sum of xq over each group */
+    const int32_t *xgs;     /* (rows, ng_pad): -8 times the sum of xq over each group */
     int n_pad, ng_pad;      /* n_in rounded up to 256; its n_pad / 32 groups */
 } product;
 
@@ -724,7 +724,7 @@ i8_task512(const void *args, int part, int parts) {
  * W: 4 loads, 8 vpmaddubsw (q as u8 times xq as s8) summed in int16 (8 * 15 * 127 * 2 < 32767:
  * exact), one vpmaddwd to int32 (lane g: group g's sum), one conversion and one FMA with the 8
  * groups' scales; the -8 of every q is one term per group, -8 * sum(xq) (xgs, once per row of x)
- * times the group's scale.
+ * added to the group's integer sum before it is scaled (exact: one rounding a group).
  *
  * Why this layout: with each 32-byte load holding whole groups (two a chunk of 64 weights),
  * every group's int32 sum needed its own conversion, scale broadcast and FMA: GPT-2 small's 48
@@ -791,14 +791,14 @@ i4_rows(const void *args, int part, int parts, i4_sums sums_of) {
         const char *ahead_s = (const char *)(s0 + 4 * (size_t)gp * skip);
         for (int r = 0; r < p->rows; r++) {
             const int8_t *xr = p->xq + (size_t)r * p->n_pad;
-            const float *gs = p->xgs + (size_t)r * gp;
+            const int32_t *gs = p->xgs + (size_t)r * gp;
             __m256 acc[4];
             for (int k = 0; k < 4; k++) acc[k] = _mm256_setzero_ps();
             for (int u = 0; u < units; u++) {
                 __m256i xv[8];
                 for (int j = 0; j < 8; j++)
                     xv[j] = _mm256_loadu_si256((const __m256i *)(xr + 256 * (size_t)u + 32 * j));
-                const __m256 gsv = _mm256_loadu_ps(gs + 8 * u);
+                const __m256i corr = _mm256_loadu_si256((const __m256i *)(gs + 8 * u));
                 if (r == 0) {
                     _mm_prefetch(ahead_s + 4 * 16 * (size_t)u, AHEAD_HINT);
                     for (int b = 0; b < 512; b += 64)
@@ -808,7 +808,7 @@ i4_rows(const void *args, int part, int parts, i4_sums sums_of) {
                     __m256 sc = _mm256_cvtph_ps(
                         _mm_loadu_si128((const __m128i *)(s0 + (size_t)k * gp + 8 * u)));
                     __m256i sums = sums_of(w0 + k * row + 128 * (size_t)u, xv);
-                    acc[k] = _mm256_fmadd_ps(sc, gsv, acc[k]);
+                    sums = _mm256_add_epi32(sums, corr);
                     acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), sc, acc[k]);
                 }
             }
@@ -843,7 +843,7 @@ i4_block512(const product *p, int o, const int kn, int r0, const int nr, const c
     const uint8_t *w = (const uint8_t *)p->w + (size_t)o * row;
     const uint16_t *sc = p->gscale + (size_t)o * gp;
     const int8_t *x[4];
-    const float *gs[4];
+    const int32_t *gs[4];
     __m256 acc[4][4];
     #pragma GCC unroll 4
     for (int r = 0; r < nr; r++) {
@@ -870,16 +870,16 @@ i4_block512(const product *p, int o, const int kn, int r0, const int nr, const c
             #pragma GCC unroll 4
             for (int r = 0; r < nr; r++) {
                 /* x's words for loads 0-1 (low nibbles), 2-3, then 4-5 and 6-7 (high) */
+                /* one chain from the groups' -8 terms (lanes 0-7; 8-15 from 0) */
                 const int8_t *xu = x[r] + 256 * (size_t)u;
-                __m512i a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), l0, _mm512_loadu_si512(xu));
-                __m512i b =
-                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), l1, _mm512_loadu_si512(xu + 64));
+                __m512i a = _mm512_zextsi256_si512(
+                    _mm256_loadu_si256((const __m256i *)(gs[r] + 8 * u)));
+                a = _mm512_dpbusd_epi32(a, l0, _mm512_loadu_si512(xu));
+                a = _mm512_dpbusd_epi32(a, l1, _mm512_loadu_si512(xu + 64));
                 a = _mm512_dpbusd_epi32(a, h0, _mm512_loadu_si512(xu + 128));
-                b = _mm512_dpbusd_epi32(b, h1, _mm512_loadu_si512(xu + 192));
-                a = _mm512_add_epi32(a, b);
+                a = _mm512_dpbusd_epi32(a, h1, _mm512_loadu_si512(xu + 192));
                 const __m256i sums =
                     _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64(a, 1));
-                acc[k][r] = _mm256_fmadd_ps(s, _mm256_loadu_ps(gs[r] + 8 * u), acc[k][r]);
                 acc[k][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), s, acc[k][r]);
             }
         }
@@ -1379,18 +1379,18 @@ __attribute__((target("avx2"))) static void quantize_rows(const float *x, int ro
  * times -8 into xgs (rows of ng_pad). spare: 2 * n_pad bytes. */
 __attribute__((target("avx2"))) static void quantize_rows_int4(const float *x, int rows, int n,
                                                                const product *p, int8_t *xq,
-                                                               uint8_t *spare, float *xgs,
+                                                               uint8_t *spare, int32_t *xgs,
                                                                float *xscale) {
     int8_t *plain = (int8_t *)spare;
     for (int r = 0; r < rows; r++) {
         quantize_rows(x + (size_t)r * n, 1, n, plain, spare + p->n_pad, xscale + r, 0);
         memset(plain + n, 0, (size_t)(p->n_pad - n));
         int8_t *qr = xq + (size_t)r * p->n_pad;
-        float *gr = xgs + (size_t)r * p->ng_pad;
+        int32_t *gr = xgs + (size_t)r * p->ng_pad;
         for (int g = 0; g < p->ng_pad; g++) {
             int sum = 0;
             for (int j = 0; j < 32; j++) sum += plain[32 * g + j];
-            gr[g] = -8.0f * (float)sum;
+            gr[g] = -8 * sum;
         }
         for (int u = 0; u < p->n_pad / 256; u++)
             for (int g = 0; g < 8; g++)
@@ -1486,7 +1486,7 @@ typedef struct {
     int8_t *xq;
     uint8_t *xabs;
     float *xscale;
-    float *xgs; /* int4: see product.xgs */
+    int32_t *xgs; /* int4: see product.xgs */
 } int8_scratch;
 
 /* int4's padded sizes of a row of n_in weights (see i4_task) */
@@ -1745,7 +1745,7 @@ static PyObject *py_linear_int4(PyObject *self, PyObject *const *args, Py_ssize_
         scratch_of(xbytes + 2 * n_pad + sizeof(float) * (size_t)rows * (ng_pad + 1) + 128);
     if (!buf) return PyErr_NoMemory();
     float *xscale = (float *)(((uintptr_t)(buf + xbytes + 2 * n_pad) + 63) & ~(uintptr_t)63);
-    int8_scratch s = {buf, (uint8_t *)buf + xbytes, xscale, xscale + rows};
+    int8_scratch s = {buf, (uint8_t *)buf + xbytes, xscale, (int32_t *)(xscale + rows)};
     product p = {0};
     p.w = (const void *)(intptr_t)a[0];
     p.gscale = (const uint16_t *)(intptr_t)a[1];
@@ -1881,7 +1881,8 @@ static PyObject *py_decode_layers(PyObject *self, PyObject *const *args, Py_ssiz
     float *qkv = h + (size_t)rows * C, *att = qkv + (size_t)rows * 3 * C;
     float *f = att + (size_t)rows * C, *xscale = f + (size_t)rows * inner;
     float *scores = xscale + rows, *xgs = scores + (size_t)threads * stride;
-    int8_scratch s8 = {(int8_t *)(xgs + (size_t)rows * int4_ng_pad(widest)), NULL, xscale, xgs};
+    int8_scratch s8 = {(int8_t *)(xgs + (size_t)rows * int4_ng_pad(widest)), NULL, xscale,
+                       (int32_t *)xgs};
     s8.xabs = (uint8_t *)s8.xq + (size_t)rows * widest;
     const size_t esize = kv_kind == 0 ? 4 : kv_kind == 1 ? 2 : 1;
     float *ks = (float *)(intptr_t)a[14], *vs = (float *)(intptr_t)a[15];
