@@ -350,6 +350,29 @@ dense_task(const void *args, int part, int parts, int kind) {
     }
 }
 
+/* The 512-bit kernels' loop over a part's rows [lo, hi) of W and the `rows` rows of x: calls
+ * BLOCK(o, kn, r0, nr, first) for each block of kn = 4 rows of W from o (kn = 1 for the rows left
+ * over) and each group of nr (1-4) rows of x from r0, kn and nr constants in each call, so that
+ * the kn * nr accumulators stay in registers; `first`: the block's first group (the one that
+ * prefetches what follows). */
+#define BLOCK_NR(BLOCK, o, kn, r0, nr, first)                                                     \
+    switch (nr) {                                                                                 \
+    case 1: BLOCK(o, kn, r0, 1, first); break;                                                    \
+    case 2: BLOCK(o, kn, r0, 2, first); break;                                                    \
+    case 3: BLOCK(o, kn, r0, 3, first); break;                                                    \
+    default: BLOCK(o, kn, r0, 4, first); break;                                                   \
+    }
+#define EACH_BLOCK(lo, hi, rows, BLOCK)                                                           \
+    for (int o_ = (lo); o_ < (hi); o_ += 4)                                                       \
+        for (int r0_ = 0; r0_ < (rows); r0_ += 4) {                                               \
+            const int nr_ = (rows) - r0_ < 4 ? (rows) - r0_ : 4;                                  \
+            if ((hi) - o_ >= 4) {                                                                 \
+                BLOCK_NR(BLOCK, o_, 4, r0_, nr_, r0_ == 0)                                        \
+            } else {                                                                              \
+                for (int k_ = o_; k_ < (hi); k_++) BLOCK_NR(BLOCK, k_, 1, r0_, nr_, 0)            \
+            }                                                                                     \
+        }
+
 /* 16 weights of `kind` (float32, float16 or bfloat16) at element i of w as float32, the lanes
  * of mask m only (the others 0) */
 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,f16c"), always_inline)) static inline __m512
@@ -397,37 +420,15 @@ dense_block512(const product *p, int o, const int kn, int r0, const int nr, int 
         for (int k = 0; k < kn; k++) store(p, r0 + r, o + k, _mm512_reduce_add_ps(acc[k][r]));
 }
 
-#define DENSE_BLOCK512(kn)                                                                        \
-    switch (nr) {                                                                                 \
-    case 1: dense_block512(p, o, kn, r0, 1, kind); break;                                         \
-    case 2: dense_block512(p, o, kn, r0, 2, kind); break;                                         \
-    case 3: dense_block512(p, o, kn, r0, 3, kind); break;                                         \
-    default: dense_block512(p, o, kn, r0, 4, kind); break;                                        \
-    }
-
 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c"), always_inline)) static inline void
 dense_task512(const void *args, int part, int parts, int kind) {
     const product *p = args;
     int lo, hi;
     part_range(p, part, parts, &lo, &hi);
-    for (int o = lo; o < hi; o += 4) {
-        for (int r0 = 0; r0 < p->rows; r0 += 4) {
-            const int nr = p->rows - r0 < 4 ? p->rows - r0 : 4;
-            if (hi - o >= 4) {
-                DENSE_BLOCK512(4)
-            } else {
-                for (int k = o; k < hi; k++) {
-                    const int o_ = o;
-                    o = k;
-                    DENSE_BLOCK512(1)
-                    o = o_;
-                }
-            }
-        }
-    }
+#define DENSE_BLOCK(o, kn, r0, nr, first) dense_block512(p, o, kn, r0, nr, kind)
+    EACH_BLOCK(lo, hi, p->rows, DENSE_BLOCK)
+#undef DENSE_BLOCK
 }
-
-#undef DENSE_BLOCK512
 
 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c"))) static void
 f16_task512(const void *a, int part, int n) {
@@ -677,40 +678,17 @@ i8_block512(const product *p, int o, const int kn, int r0, const int nr, const c
     }
 }
 
-#define I8_BLOCK512(kn)                                                                           \
-    switch (nr) {                                                                                 \
-    case 1: i8_block512(p, o, kn, r0, 1, a); break;                                               \
-    case 2: i8_block512(p, o, kn, r0, 2, a); break;                                               \
-    case 3: i8_block512(p, o, kn, r0, 3, a); break;                                               \
-    default: i8_block512(p, o, kn, r0, 4, a); break;                                              \
-    }
-
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2"))) static void
 i8_task512(const void *args, int part, int parts) {
     const product *p = args;
     int lo, hi;
     part_range(p, part, parts, &lo, &hi);
-    for (int o = lo; o < hi; o += 4) {
-        /* the next block of 4 rows, swept while the first rows of x pass (as in i8_rows) */
-        const char *ahead = (const char *)p->w + ((size_t)o + 4) * p->n_in;
-        for (int r0 = 0; r0 < p->rows; r0 += 4) {
-            const int nr = p->rows - r0 < 4 ? p->rows - r0 : 4;
-            const char *a = r0 == 0 ? ahead : NULL;
-            if (hi - o >= 4) {
-                I8_BLOCK512(4)
-            } else {
-                for (int k = o; k < hi; k++, a = NULL) {
-                    const int o_ = o;
-                    o = k;
-                    I8_BLOCK512(1)
-                    o = o_;
-                }
-            }
-        }
-    }
+    /* the next block of 4 rows, swept while the first rows of x pass (as in i8_rows) */
+#define I8_BLOCK(o, kn, r0, nr, first)                                                            \
+    i8_block512(p, o, kn, r0, nr, first ? (const char *)p->w + ((size_t)(o) + 4) * p->n_in : NULL)
+    EACH_BLOCK(lo, hi, p->rows, I8_BLOCK)
+#undef I8_BLOCK
 }
-
-#undef I8_BLOCK512
 
 /* int4 weights in groups of 32 with a float16 scale each (the quantization of llama.cpp's Q4_0:
  * 4.5 bits a weight), int8 activations with a scale per row of x.
@@ -890,43 +868,21 @@ i4_block512(const product *p, int o, const int kn, int r0, const int nr, const c
         for (int k = 0; k < kn; k++) store(p, r0 + r, o + k, hsum(acc[k][r]) * p->xscale[r0 + r]);
 }
 
-#define I4_BLOCK512(kn)                                                                           \
-    switch (nr) {                                                                                 \
-    case 1: i4_block512(p, o, kn, r0, 1, a, as); break;                                           \
-    case 2: i4_block512(p, o, kn, r0, 2, a, as); break;                                           \
-    case 3: i4_block512(p, o, kn, r0, 3, a, as); break;                                           \
-    default: i4_block512(p, o, kn, r0, 4, a, as); break;                                          \
-    }
-
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"))) static void
 i4_task512(const void *args, int part, int parts) {
     const product *p = args;
-    const size_t row = (size_t)p->n_pad / 2;
-    const int gp = p->ng_pad;
+    const size_t row = (size_t)p->n_pad / 2, gp = (size_t)p->ng_pad;
+    const size_t skip = (I4_AHEAD + 4 * row - 1) / (4 * row); /* as in i4_rows */
     int lo, hi;
     part_range(p, part, parts, &lo, &hi);
-    for (int o = lo; o < hi; o += 4) {
-        const size_t skip = (I4_AHEAD + 4 * row - 1) / (4 * row); /* as in i4_rows */
-        const char *ahead = (const char *)p->w + ((size_t)o + 4 * skip) * row;
-        const char *as = (const char *)(p->gscale + (size_t)o * gp + 4 * (size_t)gp * skip);
-        for (int r0 = 0; r0 < p->rows; r0 += 4) {
-            const int nr = p->rows - r0 < 4 ? p->rows - r0 : 4;
-            const char *a = r0 == 0 ? ahead : NULL;
-            if (hi - o >= 4) {
-                I4_BLOCK512(4)
-            } else {
-                for (int k = o; k < hi; k++, a = NULL) {
-                    const int o_ = o;
-                    o = k;
-                    I4_BLOCK512(1)
-                    o = o_;
-                }
-            }
-        }
-    }
+    /* a later block of 4 rows and its scales, I4_AHEAD bytes on at least (as in i4_rows) */
+#define I4_BLOCK(o, kn, r0, nr, first)                                                            \
+    i4_block512(p, o, kn, r0, nr,                                                                 \
+                first ? (const char *)p->w + ((size_t)(o) + 4 * skip) * row : NULL,               \
+                (const char *)(p->gscale + ((size_t)(o) + 4 * skip) * gp))
+    EACH_BLOCK(lo, hi, p->rows, I4_BLOCK)
+#undef I4_BLOCK
 }
-
-#undef I4_BLOCK512
 
 /* W's rows [lo, hi) of the part as float32 (rows of n_in, the padding dropped) into y */
 __attribute__((target("avx2,fma,f16c"))) static void i4_dequantize_task(const void *args,
