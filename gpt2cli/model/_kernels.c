@@ -373,11 +373,10 @@ dense_task(const void *args, int part, int parts, int kind) {
             }                                                                                     \
         }
 
-/* 16 weights of `kind` (float32, float16 or bfloat16) at element i of w as float32, the lanes
- * of mask m only (the others 0) */
+/* 16 weights of `kind` (float16 or bfloat16) at element i of w as float32, the lanes of mask m
+ * only (the others 0) */
 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,f16c"), always_inline)) static inline __m512
 load16(const void *w, size_t i, int kind, __mmask16 m) {
-    if (kind == W_F32) return _mm512_maskz_loadu_ps(m, (const float *)w + i);
     __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)w + i);
     if (kind == W_F16) return _mm512_cvtph_ps(h);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
@@ -388,7 +387,7 @@ load16(const void *w, size_t i, int kind, __mmask16 m) {
  * every 4 rows of x (dense_task converts it once per two). */
 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c"), always_inline)) static inline void
 dense_block512(const product *p, int o, const int kn, int r0, const int nr, int kind) {
-    const size_t size = kind == W_F32 ? 4 : 2;
+    const size_t size = 2; /* bytes per weight */
     const int n = p->n_in;
     const char *w = (const char *)p->w + (size_t)o * n * size;
     __m512 acc[4][4];

@@ -113,8 +113,7 @@ class KVCache:
 
     def _tensors(self) -> list[torch.Tensor]:
         """Everything cached per (layer, row, head, position): keys, values, int8's scales."""
-        scales = [self.k_scale, self.v_scale] if self.k_scale is not None else []
-        return [self.k, self.v, *[s for s in scales if s is not None]]
+        return [self.k, self.v, *(self.scales() or ())]
 
     def copy_prefix(self, source: int, targets: list[int], length: int) -> None:
         """Copy row `source`'s first `length` positions into rows `targets` (a prompt prefilled
