@@ -329,3 +329,44 @@ def test_kernel_weights_share_one_arena(tiny_checkpoint: Path) -> None:
     fc, head = model.h[1].mlp.c_fc.matrix, model.head_matrix
     assert isinstance(fc, native.NativeDenseMatrix) and isinstance(head, native.NativeDenseMatrix)
     assert fc.w.untyped_storage().data_ptr() == head.w.untyped_storage().data_ptr()
+
+
+@needs_native
+@pytest.mark.parametrize("rows,n,k", [(1, 50257, 40), (4, 50257, 40), (3, 1000, 1), (2, 37, 37)])
+def test_top_k_is_torch_topk(rows: int, n: int, k: int) -> None:
+    x = torch.randn(rows, n, generator=torch.Generator().manual_seed(rows * n + k)) * 3
+    values, ids = native.topk(x, k)  # type: ignore[misc]
+    want = torch.topk(x, k, dim=-1)
+    assert torch.equal(values, want.values) and torch.equal(ids, want.indices)
+
+
+@needs_native
+def test_top_k_ties_go_to_the_lower_id_and_rows_may_be_strided() -> None:
+    x = torch.zeros(3, 2000)
+    x[1, [5, 900, 1999, 3]] = 2.0  # four tied maxima
+    x[2] = float("-inf")
+    values, ids = native.topk(x, 6)  # type: ignore[misc]
+    assert ids[0].tolist() == [0, 1, 2, 3, 4, 5]
+    assert ids[1].tolist() == [3, 5, 900, 1999, 0, 1]
+    assert values[1].tolist() == [2.0] * 4 + [0.0] * 2
+    assert ids[2].tolist() == [0, 1, 2, 3, 4, 5] and values[2].isneginf().all()
+    wide = torch.randn(4, 3000)
+    view = wide[1:3, :2500]  # rows 3000 floats apart
+    values, ids = native.topk(view, 10)  # type: ignore[misc]
+    want = torch.topk(view, 10, dim=-1)
+    assert torch.equal(values, want.values) and torch.equal(ids, want.indices)
+    values, ids = native.topk(wide[0].expand(3, -1), 10)  # type: ignore[misc]  # rows 0 apart
+    assert torch.equal(ids, torch.topk(wide[0], 10).indices.expand(3, -1))
+
+
+@needs_native
+def test_top_k_leaves_nan_and_what_it_does_not_take_to_torch() -> None:
+    x = torch.randn(2, 300)
+    x[1, 299] = float("nan")  # past the last full block of 8
+    assert native.topk(x, 5) is None
+    x[1, 299] = 0.0
+    x[0, 3] = float("nan")  # among the first k
+    assert native.topk(x, 5) is None
+    assert native.topk(torch.randn(2, 300).double(), 5) is None
+    assert native.topk(torch.randn(2, 300), native.TOPK_MAX + 1) is None
+    assert native.topk(torch.randn(2, 300), 0) is None

@@ -1,8 +1,8 @@
 """Logits -> next token, as `SamplingParams` (gpt2cli/types.py) say.
 
 Order of operations follows the usual GPT-2 practice (and transformers): repetition penalty,
-temperature, top-k, then top-p. Top-k is taken with `torch.topk`, so the common case never sorts
-the whole 50257-entry vocabulary.
+temperature, top-k, then top-p. Top-k is taken by gpt2cli's kernel on the CPU (`native.topk`, else
+`torch.topk`), so the common case never sorts the whole 50257-entry vocabulary.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from gpt2cli.errors import NonFiniteOutputError
+from gpt2cli.model import native
 from gpt2cli.types import SamplingParams
 
 # Above this temperature the distribution is uniform to float32's precision anyway (logits
@@ -37,11 +38,12 @@ def candidate_distribution(
 
     Tokens are ranked on the raw logits: dividing by a temperature keeps their order, except
     that a huge one (float32 overflows at 3.4e38) would make them all equal, and top-k would
-    then keep whichever tied tokens `torch.topk` returns first."""
+    then keep whichever tied tokens it returns first (the kernel: the lowest ids)."""
     logits = logits.float()
     ids = None
     if params.top_k and params.top_k < logits.shape[-1]:
-        logits, ids = torch.topk(logits, params.top_k, dim=-1)  # sorted, descending
+        top = native.topk(logits, params.top_k) if logits.dim() == 2 else None
+        logits, ids = top or torch.topk(logits, params.top_k, dim=-1)  # sorted, descending
     elif params.top_p < 1.0:
         logits, ids = torch.sort(logits, dim=-1, descending=True)
     if params.temperature != 1.0:  # shifted so that a small temperature cannot overflow
