@@ -58,20 +58,21 @@ def _reference(
 @needs_native
 @pytest.mark.parametrize("kind", ["int8", "int4"])
 @pytest.mark.parametrize("rows", [1, 3, 8])
+@pytest.mark.parametrize("n_in", [1000, 768, 200])  # int4: 4 units, 3 (a pair and one), 1
 def test_integer_products_are_the_same_numbers_on_every_instruction_set(
-    kind: str, rows: int
+    kind: str, rows: int, n_in: int
 ) -> None:
     """AVX-512 VNNI, AVX-VNNI and AVX2 sum the same integers and scale them in the same order,
     so a model decodes alike wherever it runs (the kernels say so; this holds them to it)."""
     lib = native.kernels()
     assert lib is not None
     torch.manual_seed(rows)
-    w = torch.randn(70, 1000) * 0.05
+    w = torch.randn(70, n_in) * 0.05
     if kind == "int8":
         matrix = native.NativeInt8Matrix(*quantize_rows(w, 127))
     else:
-        matrix = native.NativeInt4Matrix(*native.quantize_int4(w), 1000)
-    x = torch.randn(rows, 1000)
+        matrix = native.NativeInt4Matrix(*native.quantize_int4(w), n_in)
+    x = torch.randn(rows, n_in)
     results = []
     try:
         for vnni, avx512 in ((1, 1), (0, 1), (1, 0), (0, 0)):
