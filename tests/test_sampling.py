@@ -142,3 +142,15 @@ def test_non_finite_logits_are_a_clean_error(bad: float, params: SamplingParams)
     logits[1, :] = bad  # a whole row (a broken model), not one masked token
     with pytest.raises(NonFiniteOutputError, match="not finite"):
         sample_next(logits, params, torch.Generator().manual_seed(0))
+
+
+def test_rows_with_their_own_generators_draw_what_multinomial_draws() -> None:
+    """Each row's draw from its own generator is torch.multinomial's, draw for draw."""
+    logits = torch.randn(6, 40, generator=torch.Generator().manual_seed(2)) * 2
+    probs = torch.softmax(logits, -1)  # what sample_next draws from (no top-k, no top-p)
+    ours = [torch.Generator().manual_seed(i) for i in range(6)]
+    theirs = [torch.Generator().manual_seed(i) for i in range(6)]
+    for _ in range(50):
+        got = sample_next(logits, SamplingParams(top_k=0), generators=ours)
+        want = [torch.multinomial(p, 1, generator=g).item() for p, g in zip(probs, theirs)]
+        assert got.tolist() == want

@@ -81,6 +81,8 @@ def sample_next(
     try:
         if generators is None:
             choice = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        elif probs.device.type == "cpu":
+            choice = _draw_rows(probs, generators)
         else:
             picks = [torch.multinomial(row, 1, generator=g) for row, g in zip(probs, generators)]
             choice = torch.cat(picks)
@@ -91,6 +93,21 @@ def sample_next(
     if ids is None:
         return choice
     return ids.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
+
+
+def _draw_rows(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """One draw from each row of `probs` (CPU), row b from `generators[b]`: the token
+    `torch.multinomial(probs[b], 1, generator=generators[b])` draws, as it draws it on the CPU
+    (an exponential race: the argmax of p / e, e ~ Exp(1) from the row's generator), with one
+    call a row instead of multinomial's several (its checks, its division, its argmax): 9 us a
+    row, 18 right after a step's products, on the 2-core Zen 5 (a twentieth of a 4-sample int4
+    step's cost over one sample's). tests/test_sampling.py holds the two to the same tokens."""
+    if not torch.isfinite(probs).all():
+        raise RuntimeError("probabilities are not finite")
+    race = torch.empty_like(probs)
+    for row, g in zip(race, generators):
+        row.exponential_(1, generator=g)
+    return (probs / race).argmax(dim=-1)
 
 
 def _not_finite() -> NonFiniteOutputError:
