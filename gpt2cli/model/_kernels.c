@@ -1111,6 +1111,16 @@ attend_pair_i8_512(const attention *a, int b, int h, float *s, int hd) {
     a->ks[base / hd + pos] = put_i8(K + pos * hd, q + C, hd);
     a->vs[base / hd + pos] = put_i8(V + pos * hd, q + 2 * C, hd);
     __m512 qv[MAX_HD / 16], acc[MAX_HD / 16];
+    /* the first positions of the keys and of the values, which the loops' prefetches (each
+     * KV_AHEAD_I8 positions on) never reach: GPT-2 small's 12 blocks of a step on two Zen 5
+     * cores, cache cold, 1.073-1.079 -> 1.058 ms 860 positions in, 0.825 -> 0.811 at 64 */
+    {
+        const long first = (L < KV_AHEAD_I8 ? L : KV_AHEAD_I8) * (long)hd;
+        for (long c = 0; c < first; c += 64) {
+            _mm_prefetch((const char *)K + c, KV_HINT);
+            _mm_prefetch((const char *)V + c, KV_HINT);
+        }
+    }
     for (int j = 0; j < n16; j++) qv[j] = _mm512_mul_ps(_mm512_loadu_ps(q + 16 * j), _mm512_set1_ps(a->scale));
     int t = 0;
     __m256 vmax = _mm256_set1_ps(-INFINITY);
