@@ -371,3 +371,27 @@ def test_top_k_leaves_nan_and_what_it_does_not_take_to_torch() -> None:
     assert native.topk(torch.randn(2, 300).double(), 5) is None
     assert native.topk(torch.randn(2, 300), native.TOPK_MAX + 1) is None
     assert native.topk(torch.randn(2, 300), 0) is None
+
+
+@needs_native
+def test_a_decoding_step_is_the_same_numbers_on_16_lanes_and_on_8(tiny_checkpoint: Path) -> None:
+    """float32 weights and cache: AVX-512 changes only GELU's width, which must not change a
+    bit of the step."""
+    from gpt2cli import load_model
+
+    lib = native.kernels()
+    assert lib is not None
+    model = load_model(str(tiny_checkpoint), device="cpu", dtype="float32").model
+    plan = model.step_plan()
+    assert plan is not None
+    outputs = []
+    try:
+        for wide in (1, 0):
+            lib.set_avx512(wide)
+            cache = model.new_cache(2, zeroed=True)
+            x = torch.randn(2, model.config.n_embd, generator=torch.Generator().manual_seed(0))
+            native.decode_layers(plan, x, cache.k, cache.v, 3, cache.scales())
+            outputs.append(x)
+    finally:
+        lib.set_avx512(1)
+    assert torch.equal(outputs[0], outputs[1])
