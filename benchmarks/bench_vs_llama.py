@@ -9,7 +9,11 @@ int4/Q4_0. Decode: batch 1, top-k 40, temperature 1, exactly --tokens tokens aft
 prompt; tokens/s counts the tokens after the first over their wall time on both sides. Prefill:
 time to the first token of a --prefill-tokens prompt (same token ids on both sides). Each round
 runs ours then llama.cpp (in a fresh worker process, after a warm-up); medians over rounds.
-The ratio is ours / llama.cpp speed: above 1, gpt2cli is faster.
+The ratio is ours / llama.cpp speed: above 1, gpt2cli is faster; it is the median of the rounds'
+own ratios (each round's two runs are seconds apart, where rounds are minutes apart and this
+VM's memory speed moves by a third within minutes: ratios of the medians mixed rounds, e.g.
+float32 at 2 threads, rounds 101 / 87, 100 / 127 and 147 / 124 tok/s, gave 0.81 for rounds of
+1.16, 0.79 and 1.19); the ratio of the medians is in the JSON as "ratio_of_medians".
 
 Threads: "default" is each side's own choice (gpt2cli: the idle cores when the model loads,
 runtime/threads.py; llama-cpp-python: cores // 2 for decode, all cores for prompt batches).
@@ -172,14 +176,18 @@ def alternate(args, lm, model, prompts, threads, prefill) -> tuple[dict, dict | 
 
 
 def row(base: dict, task: str, ours: list[float], llama: list[float], is_rate: bool) -> dict:
-    """A result row: medians and the speed ratio ours / llama.cpp (None where a side is missing)."""
+    """A result row: medians and the speed ratio ours / llama.cpp, the median of the rounds'
+    own ratios (None where a side is missing; see the module docstring)."""
     mo = median(ours) if ours else None
     ml = median(llama) if llama else None
-    ratio = None
+    ratio = of_medians = None
     if mo and ml:
-        ratio = mo / ml if is_rate else ml / mo
+        of_medians = mo / ml if is_rate else ml / mo
+        pairs = [o / m if is_rate else m / o for o, m in zip(ours, llama, strict=False)]
+        ratio = median(pairs) if len(ours) == len(llama) else of_medians
     out = base | {"task": task, "unit": "tok/s" if is_rate else "s"}
-    return out | {"ours": mo, "llama": ml, "ratio": ratio, "ours_runs": ours, "llama_runs": llama}
+    out |= {"ours": mo, "llama": ml, "ratio": ratio, "ratio_of_medians": of_medians}
+    return out | {"ours_runs": ours, "llama_runs": llama}
 
 
 def speed(value: float, unit: str) -> float:
