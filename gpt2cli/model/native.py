@@ -399,7 +399,8 @@ def topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     float32 rows, k above TOPK_MAX, no kernels) or a row holds a NaN (torch.topk then says what
     a NaN does). By hand because torch.topk took 48 us a row of GPT-2's 50257 logits (k = 40,
     2-core Zen 5), 86 us for 4 rows on 2 threads, a tenth of a 4-sample int4 step's cost over
-    one sample's: one pass compares 8 logits at a time with the k-th best so far, 4 us a row."""
+    one sample's: one pass compares 8 logits at a time with the k-th best so far, 12 us a row
+    (the call included)."""
     lib = kernels()
     if lib is None or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 2:
         return None
