@@ -2015,9 +2015,8 @@ static PyObject *py_attend(PyObject *self, PyObject *const *args, Py_ssize_t nar
     }
     const int64_t *positions = (const int64_t *)(intptr_t)a[7];
     long stride = scores_stride(positions, (long)a[8], batch);
-    float *scores = (float *)scratch_of((size_t)threads * stride * sizeof(float) + 64);
+    float *scores = (float *)scratch_of((size_t)threads * stride * sizeof(float));
     if (!scores) return PyErr_NoMemory();
-    scores = (float *)(((uintptr_t)scores + 63) & ~(uintptr_t)63);
     attention t = {(const float *)(intptr_t)a[0], (long)a[1], (char *)(intptr_t)a[2],
                    (char *)(intptr_t)a[3], (long)a[5], (long)a[6], (float *)(intptr_t)a[14],
                    (float *)(intptr_t)a[15], positions, (long)a[8], (float *)(intptr_t)a[9],

@@ -42,7 +42,7 @@ def candidate_distribution(
     logits = logits.float()
     ids = None
     if params.top_k and params.top_k < logits.shape[-1]:
-        top = native.topk(logits, params.top_k) if logits.dim() == 2 else None
+        top = native.topk(logits, params.top_k)  # None: not rows of CPU float32 logits
         logits, ids = top or torch.topk(logits, params.top_k, dim=-1)  # sorted, descending
     elif params.top_p < 1.0:
         logits, ids = torch.sort(logits, dim=-1, descending=True)
